@@ -1,0 +1,84 @@
+"""The batch: the contract between the data pipeline (`mixvlp_ds.data`) and the model.
+
+A batch is a plain dict (DeepSpeed- and pickle-friendly) with B rows. Each row is one tuple of
+(image, report) where either side may be absent:
+
+    "pyramid":        list of 3 uint8 tensors, finest level first:
+                      [(B, S, S), (B, S/2, S/2), (B, S/4, S/4)]; all zeros where has_image is False.
+                      The model scales pixels to [0, 1] on its device (uint8 keeps host->device
+                      copies 4x smaller).
+    "has_image":      bool (B,)
+    "input_ids":      long (B, L), L <= 150: [CLS] tokens [SEP] [PAD]..., already MLM-masked
+                      (15% of real tokens, BERT's 80/10/10) when the loader masks text.
+                      Rows without text hold [CLS] [SEP] [PAD]... so no row is all padding.
+    "attention_mask": long (B, L), 1 for real tokens (incl. [CLS]/[SEP]), 0 for padding.
+    "mlm_labels":     long (B, L), the original token id at masked positions, -100 elsewhere
+                      (all -100 in rows without text, or when masking is off).
+    "has_text":       bool (B,)
+    "pair":           float (B,), 1.0 true image-report pair, 0.0 re-paired; only meaningful
+                      where has_image & has_text.
+    "labels":         float (B, K), finding labels of the image's record (1 / 0 / -1 uncertain,
+                      NaN not mentioned), in the loader's label space; K = 0 when unlabelled.
+    "key":            list[str], the image record's key (or the report's, for text-only rows)
+    "text_key":       list[str], the report record's key ("" when no text)
+    "institution":    list[str], the image's institution (the report's for text-only rows)
+    "patient_id":     list[str]
+
+Image masking (15% of patches per level, replaced by random patches of the batch) happens in the
+model (`MixVLP.random_patch_masking`), as in MAE, because it draws from the whole batch on device.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+Batch = dict[str, Any]
+
+TENSOR_FIELDS = ("pyramid", "has_image", "input_ids", "attention_mask", "mlm_labels", "has_text", "pair",
+                 "labels")
+LIST_FIELDS = ("key", "text_key", "institution", "patient_id")
+
+
+def to_device(batch: Batch, device: torch.device | str, non_blocking: bool = True) -> Batch:
+    """Move every tensor (and the pyramid's levels) to `device`; lists of strings stay."""
+    out: Batch = {}
+    for k, v in batch.items():
+        if isinstance(v, torch.Tensor):
+            out[k] = v.to(device, non_blocking=non_blocking)
+        elif k == "pyramid":
+            out[k] = [t.to(device, non_blocking=non_blocking) for t in v]
+        else:
+            out[k] = v
+    return out
+
+
+def check_batch(batch: Batch) -> int:
+    """Validate shapes/dtypes of a batch against the contract; returns B. Raises ValueError."""
+    missing = [k for k in TENSOR_FIELDS + LIST_FIELDS if k not in batch]
+    if missing:
+        raise ValueError(f"batch lacks fields {missing}")
+    b = batch["input_ids"].shape[0]
+    pyr = batch["pyramid"]
+    if len(pyr) != 3 or any(t.dtype != torch.uint8 or t.shape[0] != b for t in pyr):
+        raise ValueError("pyramid must be 3 uint8 tensors of B rows")
+    s = pyr[0].shape[-1]
+    if [tuple(t.shape[1:]) for t in pyr] != [(s, s), (s // 2, s // 2), (s // 4, s // 4)]:
+        raise ValueError(f"pyramid levels have shapes {[tuple(t.shape) for t in pyr]}")
+    for k in ("attention_mask", "mlm_labels"):
+        if batch[k].shape != batch["input_ids"].shape:
+            raise ValueError(f"{k} shape {tuple(batch[k].shape)} != input_ids {tuple(batch['input_ids'].shape)}")
+    if batch["input_ids"].shape[1] > 150:
+        raise ValueError("text longer than 150 tokens")
+    for k in ("has_image", "has_text", "pair"):
+        if batch[k].shape != (b,):
+            raise ValueError(f"{k} must have shape ({b},)")
+    if batch["labels"].ndim != 2 or batch["labels"].shape[0] != b:
+        raise ValueError("labels must be (B, K)")
+    for k in LIST_FIELDS:
+        if len(batch[k]) != b:
+            raise ValueError(f"{k} must have {b} entries")
+    if not bool((batch["has_image"] | batch["has_text"]).all()):
+        raise ValueError("a row has neither image nor text")
+    return b
