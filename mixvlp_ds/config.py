@@ -68,7 +68,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if origin is tuple and args and args[-1] is not Ellipsis:
             if len(args) != len(value):
                 raise ConfigError(f"{where}: expected {len(args)} values, got {len(value)}")
-            return tuple(_coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+            pairs = enumerate(zip(value, args, strict=True))
+            return tuple(_coerce(v, a, f"{where}[{i}]") for i, (v, a) in pairs)
         item_tp = args[0] if args else Any
         out = [_coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
         return tuple(out) if origin is tuple else out

@@ -68,7 +68,8 @@ def check_batch(batch: Batch) -> int:
         raise ValueError(f"pyramid levels have shapes {[tuple(t.shape) for t in pyr]}")
     for k in ("attention_mask", "mlm_labels"):
         if batch[k].shape != batch["input_ids"].shape:
-            raise ValueError(f"{k} shape {tuple(batch[k].shape)} != input_ids {tuple(batch['input_ids'].shape)}")
+            raise ValueError(f"{k} shape {tuple(batch[k].shape)} != input_ids "
+                             f"{tuple(batch['input_ids'].shape)}")
     if batch["input_ids"].shape[1] > 150:
         raise ValueError("text longer than 150 tokens")
     for k in ("has_image", "has_text", "pair"):

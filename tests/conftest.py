@@ -1,0 +1,108 @@
+"""Shared fixtures: offline environment, a real S3-compatible server on 127.0.0.1 (moto)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class MotoServer:
+    """`moto_server` as a subprocess on 127.0.0.1, so tests can stop and restart it mid-upload.
+
+    State lives in the process: `stop()` then `start()` gives an empty server (tests that need
+    data to survive a restart re-create the bucket and re-upload it)."""
+
+    def __init__(self, port: int | None = None):
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 30.0) -> None:
+        exe = Path(sys.executable).with_name("moto_server")
+        cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "moto.server"]
+        self.proc = subprocess.Popen(cmd + ["-H", "127.0.0.1", "-p", str(self.port)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            try:
+                urllib.request.urlopen(self.url + "/moto-api/", timeout=1)
+                return
+            except OSError:
+                if self.proc.poll() is not None:
+                    raise RuntimeError("moto_server exited at start") from None
+                time.sleep(0.1)
+        raise RuntimeError(f"moto_server did not answer on {self.url} within {timeout}s")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+            self.proc = None
+
+    def reset(self) -> None:
+        req = urllib.request.Request(self.url + "/moto-api/reset", method="POST")
+        urllib.request.urlopen(req, timeout=5)
+
+    def client(self):
+        from mixvlp_ds.storage import s3_client
+
+        return s3_client(self.url, max_attempts=2)
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A moto S3 server for the whole session; AWS_ENDPOINT_URL points at it."""
+    server = MotoServer()
+    server.start()
+    old = os.environ.get("AWS_ENDPOINT_URL")
+    os.environ["AWS_ENDPOINT_URL"] = server.url
+    os.environ["S3_ENDPOINT_URL"] = server.url
+    yield server
+    server.stop()
+    if old is None:
+        os.environ.pop("AWS_ENDPOINT_URL", None)
+    else:
+        os.environ["AWS_ENDPOINT_URL"] = old
+
+
+@pytest.fixture
+def s3_bucket(s3_server):
+    """A fresh, empty bucket on the session's S3 server; yields its name."""
+    s3_server.reset()
+    name = f"test-{os.getpid()}-{time.time_ns() % 10**9}"
+    s3_server.client().create_bucket(Bucket=name)
+    yield name
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """../shared/data beside the checkout (real OpenI/NIH/DICOM files). CI always has it."""
+    if not SHARED_DATA.is_dir():
+        raise FileNotFoundError(f"{SHARED_DATA} is missing: the real-data tests need ../shared/data")
+    return SHARED_DATA
