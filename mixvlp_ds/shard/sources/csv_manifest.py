@@ -1,0 +1,196 @@
+"""Any institution's data, described by a CSV manifest (source name "csv").
+
+One row per record. Columns (names are matched case-insensitively; spaces and '-' read as '_'):
+
+    patient_id            required; also drives the split when `split` is absent or blank
+    image                 image file, relative to the manifest's folder (or absolute)   } at least
+    report                the report text itself                                         } one of
+    report_file           a report text file, relative to the manifest's folder          } these
+    split                 train / val / test (validate, valid, validation -> val); blank -> hash
+    study_id, view        optional
+    <finding columns>     one per finding of --csv-label-space, e.g. "Pleural Effusion" or
+                          "pleural_effusion": 1 / 0 / -1 / blank (1.0, 0.0, -1.0 accepted)
+
+Any other column is an error naming it, unless --csv-ignore-extra-columns (then noted and ignored).
+Report text with FINDINGS / IMPRESSION headers is reduced to those sections (`extract_report`);
+text without them is kept whole, cleaned. A manifest or report file that is not UTF-8 is decoded
+as cp1252 (noted). Rows with a missing file, an unknown split, a bad label value, a duplicate key
+or nothing to write are rejected with the reason.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import gzip
+import io
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+from mixvlp_ds.shard.format import LABEL_SPACES, make_key
+from mixvlp_ds.shard.source import InputLayoutError, RejectLog, SourceItem
+from mixvlp_ds.shard.sources._files import check_fractions, hash_split, parse_label, read_report
+from mixvlp_ds.text.sections import clean_text, extract_report, split_sections
+
+HELP = ("Your own data: a CSV manifest with image (path relative to the manifest), report or report_file, "
+        "patient_id, split, optional study_id/view, and one column per finding of --csv-label-space.")
+
+COLUMNS = ("patient_id", "image", "report", "report_file", "split", "study_id", "view")
+SPLITS = {"train": "train", "val": "val", "validate": "val", "valid": "val", "validation": "val",
+          "test": "test"}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("csv source (--source csv)")
+    g.add_argument("--csv-manifest", help="manifest CSV(.gz): one row per record (see docs/sources.md)")
+    g.add_argument("--csv-label-space", choices=sorted(LABEL_SPACES), default="chexpert14",
+                   help="label space of the finding columns (default chexpert14; none: no labels)")
+    g.add_argument("--csv-ignore-extra-columns", action="store_true",
+                   help="ignore columns that are neither known fields nor findings (default: error)")
+    g.add_argument("--csv-val-fraction", type=float, default=0.1, help="blank split: hash val share")
+    g.add_argument("--csv-test-fraction", type=float, default=0.2, help="blank split: hash test share")
+
+
+def build(args: argparse.Namespace) -> CSVManifestSource:
+    if not args.csv_manifest:
+        raise InputLayoutError("--source csv needs --csv-manifest FILE")
+    return CSVManifestSource(args.csv_manifest, label_space=args.csv_label_space,
+                             ignore_extra_columns=args.csv_ignore_extra_columns,
+                             val_fraction=args.csv_val_fraction, test_fraction=args.csv_test_fraction,
+                             institution=args.institution)
+
+
+def column_key(name: str) -> str:
+    """'Pleural Effusion' / 'pleural-effusion' / 'Pleural_Effusion' -> 'pleural_effusion'."""
+    return re.sub(r"[\s\-]+", "_", name.strip().lower())
+
+
+class CSVManifestSource:
+    name = "csv"
+
+    def __init__(self, manifest: str | Path, label_space: str = "chexpert14",
+                 ignore_extra_columns: bool = False, val_fraction: float = 0.1, test_fraction: float = 0.2,
+                 institution: str | None = None):
+        self.manifest = Path(manifest)
+        if not self.manifest.is_file():
+            raise InputLayoutError(f"manifest {self.manifest} does not exist")
+        if label_space not in LABEL_SPACES:
+            raise ValueError(f"unknown label space {label_space!r}; known: {sorted(LABEL_SPACES)}")
+        self.label_space = label_space
+        self.ignore_extra_columns = ignore_extra_columns
+        check_fractions(val_fraction, test_fraction)
+        self.val_fraction, self.test_fraction = val_fraction, test_fraction
+        self.institution = institution or self.name
+        self.folder = self.manifest.parent
+
+    def read_rows(self, rejects: RejectLog) -> tuple[list[str], list[list[str]]]:
+        data = self.manifest.read_bytes()
+        if self.manifest.suffix == ".gz":
+            data = gzip.decompress(data)
+        text, encoding = read_report(data)
+        if encoding != "utf-8":
+            rejects.note(f"manifest decoded as {encoding}")
+        rows = list(csv.reader(io.StringIO(text.removeprefix("\ufeff"))))
+        if not rows:
+            raise InputLayoutError(f"{self.manifest}: empty file, expected a header with patient_id "
+                                   f"and image and/or report columns")
+        return rows[0], rows[1:]
+
+    def map_columns(self, header: list[str], rejects: RejectLog) -> tuple[dict[str, int], dict[str, int]]:
+        """(field -> column index, finding -> column index); unknown columns raise unless ignored."""
+        findings = {column_key(f): f for f in LABEL_SPACES[self.label_space]}
+        fields: dict[str, int] = {}
+        labels: dict[str, int] = {}
+        extra = []
+        for i, name in enumerate(header):
+            key = column_key(name)
+            if key in COLUMNS and key not in fields:
+                fields[key] = i
+            elif key in findings and findings[key] not in labels:
+                labels[findings[key]] = i
+            else:
+                extra.append(name)
+        if extra and not self.ignore_extra_columns:
+            raise InputLayoutError(
+                f"{self.manifest}: unknown column(s) {extra} (or repeated); expected {list(COLUMNS)} and the "
+                f"findings of label space {self.label_space!r}: {list(LABEL_SPACES[self.label_space])}. "
+                f"Pass --csv-ignore-extra-columns to ignore them")
+        for name in extra:
+            rejects.note(f"ignored manifest column {name!r}")
+        if "patient_id" not in fields or not {"image", "report", "report_file"} & set(fields):
+            raise InputLayoutError(f"{self.manifest}: needs a patient_id column and at least one of "
+                                   f"image, report, report_file; found {header}")
+        return fields, labels
+
+    def report_text(self, row: dict[str, str], rejects: RejectLog, key: str) -> tuple[str | None, bool]:
+        """(cleaned report or None, ok). ok=False: the row is rejected (report file missing)."""
+        raw = row.get("report", "")
+        if row.get("report_file"):
+            path = self.folder / row["report_file"]
+            try:
+                raw, encoding = read_report(path.read_bytes())
+            except FileNotFoundError:
+                rejects.reject("report file missing", file=str(path), key=key)
+                return None, False
+            if encoding != "utf-8":
+                rejects.note(f"report decoded as {encoding}")
+            if not raw.strip() and row.get("image"):  # without an image, the row itself is rejected
+                rejects.reject("empty report", file=str(path), key=key, detail="image written without text")
+        sections = split_sections(raw) if raw.strip() else {}
+        text = extract_report(raw) if {"findings", "impression"} & set(sections) else clean_text(raw)
+        return text or None, True
+
+    def items(self, rejects: RejectLog) -> Iterator[SourceItem]:
+        header, rows = self.read_rows(rejects)
+        fields, label_cols = self.map_columns(header, rejects)
+        names = LABEL_SPACES[self.label_space]
+        seen: set[str] = set()
+        for line, cells in enumerate(rows, start=2):
+            if not any(c.strip() for c in cells):
+                continue
+            if len(cells) < len(header):
+                rejects.reject("malformed manifest row", file=f"{self.manifest}:{line}", detail=str(cells))
+                continue
+            row = {f: cells[i].strip() for f, i in fields.items()}
+            patient = row["patient_id"]
+            image = row.get("image", "")
+            study = row.get("study_id", "")
+            key = make_key(self.institution, study or patient, Path(image).stem if image else "report")
+            where = f"{self.manifest}:{line}"
+            if not patient:
+                rejects.reject("missing patient_id", file=where, key=key)
+                continue
+            if key in seen:
+                rejects.reject("duplicate key", file=where, key=key)
+                continue
+            split = SPLITS.get(row.get("split", "").lower()) if row.get("split") else \
+                hash_split(patient, self.val_fraction, self.test_fraction)
+            if split is None:
+                rejects.reject("unknown split", file=where, key=key,
+                               detail=f"{row['split']!r}; expected train, val (validate) or test")
+                continue
+            try:
+                labels = {n: parse_label(cells[label_cols[n]]) if n in label_cols else None for n in names}
+            except ValueError as e:
+                rejects.reject("bad label value", file=where, key=key, detail=str(e))
+                continue
+            image_path = None
+            if image:
+                image_path = self.folder / image
+                if not image_path.is_file():
+                    rejects.reject("image file missing", file=str(image_path), key=key)
+                    continue
+            text, ok = self.report_text(row, rejects, key)
+            if not ok:
+                continue
+            if text is None and image_path is None:
+                rejects.reject("empty report", file=where, key=key, detail="no image and no report text")
+                continue
+            seen.add(key)
+            meta = {"institution": self.institution, "patient_id": patient, "study_id": study or patient,
+                    "view": row.get("view", ""), "split": split}
+            if image_path is None:
+                meta["source_file"] = where
+            yield SourceItem(key=key, meta=meta, text=text, labels=labels if names else None,
+                             image_path=str(image_path) if image_path else None)
