@@ -1,0 +1,75 @@
+"""Image-text fusion after the shared encoder (sec. 3.2, eqs. 3-9), read as METHOD.md pins it.
+
+UNIT  (Fig. 3b): one block SAM_unit used both ways, queries from one modality and keys/values
+      from the other: F_txt = Attn(q=E_txt, kv=E_img), F_img = Attn(q=E_img, kv=E_txt).
+      Needs both modalities, at training and at test time.
+UWOX  (Fig. 3c): one block SAM_uwox applied to each modality alone, F = SAM_uwox(E), plus the
+      pair-matching head (Fig. 3d) on CoMat = E_txt E_img^T during pre-training.
+none: F = E (the single-modality AIAYN baselines).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from mixvlp_ds.model.blocks import Block
+from mixvlp_ds.model.config import ModelConfig
+
+
+class UnitFusion(nn.Module):
+    """Cross-attention both ways through ONE block (eqs. 3-4)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.block = Block(cfg)
+
+    def forward(self, e_txt: torch.Tensor, txt_mask: torch.Tensor,
+                e_img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """e_txt: (B, V, C), txt_mask: (B, V) bool, e_img: (B, U, C), the same B rows (pairs or
+        re-paired tuples). Returns F_txt (B, V, C), F_img (B, U, C)."""
+        if e_txt.shape[0] != e_img.shape[0]:
+            raise ValueError(f"UNIT needs an image and a text in every row; got {e_txt.shape[0]} texts "
+                             f"and {e_img.shape[0]} images. Use fusion='uwox' for single-modality rows.")
+        f_txt = self.block(e_txt, e_img)                  # words attend to patches
+        f_img = self.block(e_img, e_txt, txt_mask)        # patches attend to real words only
+        return f_txt, f_img
+
+
+class UwoxFusion(nn.Module):
+    """One self-attention block shared by both modalities, no cross-talk (works on one alone)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.block = Block(cfg)
+
+    def forward(self, e: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """e: (B, N, C), mask: (B, N) bool or None -> F: (B, N, C)."""
+        return self.block(e, None, mask)
+
+
+class PairMatchingHead(nn.Module):
+    """Fig. 3d, eqs. 5-8: is (image, text) a true pair? Returns logits (sigmoid(logit) = I_pair).
+
+    CoMat = E_txt E_img^T / sqrt(C)        (B, V, U)
+    CoF_img = mean over the image axis      (B, V)  one value per word, 0 at padded words
+    CoF_txt = mean over real words          (B, U)  one value per patch
+    I_pair = sigmoid(W_co [CoF_txt ; CoF_img] + b_co)
+    The word axis is padded to max_text_len so W_co has a fixed size; padded words contribute
+    nothing, so what stands in padded positions never changes the result.
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.max_text_len = cfg.max_text_len
+        self.scale = cfg.hidden ** -0.5
+        self.linear = nn.Linear(cfg.num_patches + cfg.max_text_len, 1)
+
+    def forward(self, e_txt: torch.Tensor, txt_mask: torch.Tensor, e_img: torch.Tensor) -> torch.Tensor:
+        """e_txt: (B, V, C), txt_mask: (B, V) bool, e_img: (B, U, C) -> logits (B,)."""
+        real = txt_mask.to(e_txt.dtype)                                       # (B, V)
+        comat = torch.bmm(e_txt, e_img.transpose(1, 2)) * self.scale          # (B, V, U)
+        co_img = comat.mean(dim=2) * real                                     # (B, V)
+        co_txt = (comat * real[:, :, None]).sum(dim=1) / real.sum(dim=1, keepdim=True)   # (B, U)
+        co_img = nn.functional.pad(co_img, (0, self.max_text_len - co_img.shape[1]))
+        return self.linear(torch.cat([co_txt, co_img], dim=1)).squeeze(1)

@@ -1,0 +1,269 @@
+"""MixVLP: the assembled model of Fig. 2(c) (and, by config, the AIAYN baselines of Fig. 2(a, b)).
+
+    batch --(embed, eqs. 1-2)--> X_hat --(shared encoder, eq. 10)--> E_txt, E_img^{down,mid,up}
+          --(fusion: UNIT eqs. 3-4 | UWOX + pair matching eqs. 5-9 | none)--> F_txt, F_img
+          --> word head (L_txt)  and  multi-scale decoder eqs. 11-13 + pixel MLP (L_img)
+
+    out = model(batch)              # dict: loss, L_txt, L_img, L_co, n_txt, n_img, n_co
+    f_img = model.encode_image(pyramid)           # (B, N, C) F_img tokens, levels finest first
+    f_txt = model.encode_text(input_ids, mask)    # (B, L, C) F_txt tokens
+
+Rows of a batch may lack the image or the text (`has_image` / `has_text`): each side is encoded
+only for the rows that have it (index selection), and its loss skips the others.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from mixvlp_ds.model.config import ModelConfig
+from mixvlp_ds.model.decoder import MultiScaleDecoder, SingleScaleDecoder
+from mixvlp_ds.model.embeddings import PatchEmbedding, TextEmbedding
+from mixvlp_ds.model.encoder import Encoder
+from mixvlp_ds.model.fusion import PairMatchingHead, UnitFusion, UwoxFusion
+from mixvlp_ds.model.heads import WordHead
+from mixvlp_ds.model.losses import image_loss, pair_loss, text_loss
+from mixvlp_ds.model.masking import IGNORE_INDEX, random_patch_masking
+from mixvlp_ds.model.patches import patchify, pyramid_positions, unpatchify
+
+
+def _rows(flags: torch.Tensor) -> torch.Tensor | None:
+    """Row indices where `flags` holds, or None when every row does (skip the copy)."""
+    return None if bool(flags.all()) else flags.nonzero().squeeze(1)
+
+
+def _take(x: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
+    return x if rows is None else x.index_select(0, rows)
+
+
+class MixVLP(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        cfg.validate()
+        self.cfg = cfg
+        self.encoder = Encoder(cfg)        # ONE set of weights for words and patches
+        if cfg.use_text:
+            self.text_embed = TextEmbedding(cfg)
+            self.word_head = WordHead(cfg)
+        if cfg.use_image:
+            self.patch_embed = PatchEmbedding(cfg)
+            self.decoder = MultiScaleDecoder(cfg) if cfg.multiscale else SingleScaleDecoder(cfg)
+            for i, pos in enumerate(pyramid_positions(cfg.level_sizes(), cfg.block_size)):
+                self.register_buffer(f"positions_{i}", pos, persistent=False)
+        if cfg.fusion == "unit":
+            self.unit = UnitFusion(cfg)
+        elif cfg.fusion == "uwox":
+            self.uwox = UwoxFusion(cfg)
+            self.pair_head = PairMatchingHead(cfg)
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(m: nn.Module) -> None:
+        """BERT's initialisation: N(0, 0.02) weights, zero biases, unit LayerNorms."""
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, std=0.02)
+            if getattr(m, "bias", None) is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    # ------------------------------------------------------------------ inputs and embeddings
+    def image_levels(self, pyramid: list[torch.Tensor]) -> list[torch.Tensor]:
+        """uint8 pyramid [(B, S, S), (B, S/2, S/2), (B, S/4, S/4)] -> patches per encoded level,
+        finest first: [(B, N_l, B*B)] in [0, 1] on the model's device (only level 0 if single scale)."""
+        sizes = self.cfg.level_sizes()
+        out = []
+        for level, size in zip(pyramid, sizes, strict=False):
+            if tuple(level.shape[1:]) != (size, size):
+                raise ValueError(f"image level of shape {tuple(level.shape[1:])} does not match the model "
+                                 f"(image_size={self.cfg.image_size}, expected {size}x{size})")
+            x = level.to(self.device, non_blocking=True)
+            x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
+            out.append(patchify(x, self.cfg.block_size))
+        if len(out) != len(sizes):
+            raise ValueError(f"pyramid has {len(pyramid)} levels, the model needs {len(sizes)}")
+        return out
+
+    def encode_levels(self, levels: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Eq. 10: each level embedded (eq. 2) and encoded as its own sequence.
+        [(B, N_l, B*B)] -> [E_l (B, N_l, C)]."""
+        return [self.encoder(self.patch_embed(x, getattr(self, f"positions_{i}")))
+                for i, x in enumerate(levels)]
+
+    def encode_words(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Eq. 1 + the shared encoder: (B, L) ids, (B, L) mask -> E_txt (B, L, C)."""
+        mask = attention_mask.to(self.device).bool()
+        return self.encoder(self.text_embed(input_ids.to(self.device)), mask)
+
+    # ------------------------------------------------------------------ fusion helpers
+    def _split(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """(B, N, C) -> per-level [(B, N_l, C)], finest first."""
+        return list(x.split(self.cfg.patches_per_level(), dim=1))
+
+    def fuse(self, e_txt: torch.Tensor | None, txt_mask: torch.Tensor | None,
+             e_img: list[torch.Tensor] | None) -> tuple[torch.Tensor | None, list[torch.Tensor] | None]:
+        """Fusion of whichever sides are present: E_txt (B, L, C) and E_img [(B, N_l, C)] ->
+        (F_txt (B, L, C) or None, F_img [(B, N_l, C)] or None). UNIT needs both (same rows)."""
+        fusion = self.cfg.fusion
+        if fusion == "none":
+            return e_txt, e_img
+        if fusion == "uwox":
+            f_txt = None if e_txt is None else self.uwox(e_txt, txt_mask)
+            f_img = None if e_img is None else self._split(self.uwox(torch.cat(e_img, dim=1)))
+            return f_txt, f_img
+        if e_txt is None or e_img is None:
+            raise ValueError("UNIT fuses image and text: it needs both the image and the report "
+                             "(use encode_pair, or fusion='uwox' for one modality)")
+        f_txt, f_img = self.unit(e_txt, txt_mask, torch.cat(e_img, dim=1))
+        return f_txt, self._split(f_img)
+
+    # ------------------------------------------------------------------ pre-training pass
+    def forward_encoder(self, batch: dict, generator: torch.Generator | None = None) -> dict:
+        """Select the rows of each side, mask patches, and encode. Returns a state dict:
+        txt_rows / img_rows (indices or None = all), e_txt (Bt, L, C), txt_mask (Bt, L),
+        mlm_labels (Bt, L), e_img [(Bi, N_l, C)], target (Bi, N_down, B*B), img_mask (Bi, N_down)."""
+        dev = self.device
+        has_image = batch["has_image"].to(dev).bool() if self.cfg.use_image else None
+        has_text = batch["has_text"].to(dev).bool() if self.cfg.use_text else None
+        if self.cfg.fusion == "unit" and not bool((has_image & has_text).all()):
+            raise ValueError("UNIT needs both an image and a report in every row; this batch has "
+                             f"{int((~has_image).sum())} rows without image and {int((~has_text).sum())} "
+                             "without text. Use fusion='uwox' for mixed single-modality data.")
+        state: dict = {"has_image": has_image, "has_text": has_text}
+        if has_text is not None and bool(has_text.any()):
+            rows = _rows(has_text)
+            ids = _take(batch["input_ids"].to(dev), rows)
+            mask = _take(batch["attention_mask"].to(dev), rows).bool()
+            state.update(txt_rows=rows, txt_mask=mask, e_txt=self.encode_words(ids, mask),
+                         mlm_labels=_take(batch["mlm_labels"].to(dev), rows))
+        if has_image is not None and bool(has_image.any()):
+            rows = _rows(has_image)
+            levels = self.image_levels([_take(t.to(dev), rows) for t in batch["pyramid"]])
+            masked, masks = random_patch_masking(levels, self.cfg.image_mask_ratio, generator)
+            state.update(img_rows=rows, target=levels[0], img_mask=masks[0],
+                         e_img=self.encode_levels(masked))
+        return state
+
+    def forward_fusion(self, state: dict, batch: dict) -> dict:
+        """Adds f_txt (Bt, L, C), f_img [(Bi, N_l, C)] and, for UWOX, pair_logits / pair_labels
+        over the rows having both sides."""
+        e_txt, e_img, mask = state.get("e_txt"), state.get("e_img"), state.get("txt_mask")
+        f_txt, f_img = self.fuse(e_txt, mask, e_img)
+        if f_txt is not None:
+            state["f_txt"] = f_txt
+        if f_img is not None:
+            state["f_img"] = f_img
+        if self.cfg.fusion == "uwox" and e_txt is not None and e_img is not None:
+            both = state["has_image"] & state["has_text"]
+            # position of each batch row inside the text subset and the image subset
+            t_pos = (state["has_text"].long().cumsum(0) - 1)[both]
+            i_pos = (state["has_image"].long().cumsum(0) - 1)[both]
+            state["pair_logits"] = self.pair_head(e_txt[t_pos], mask[t_pos], torch.cat(e_img, 1)[i_pos])
+            state["pair_labels"] = batch["pair"].to(self.device)[both]
+        return state
+
+    def forward_decoder(self, f_img: list[torch.Tensor]) -> torch.Tensor:
+        """Eqs. 11-13 + MLP: [F_l (B, N_l, C)] -> predicted finest patches (B, N_down, B*B)."""
+        return self.decoder(f_img)
+
+    def forward_loss(self, state: dict) -> dict:
+        """L = w_txt L_txt + w_img L_img + w_co L_co with each value and its count."""
+        zero = torch.zeros((), device=self.device)
+        out = {"L_txt": zero, "L_img": zero, "L_co": zero, "n_txt": 0, "n_img": 0, "n_co": 0}
+        if "f_txt" in state:
+            where = state["mlm_labels"] != IGNORE_INDEX                     # (Bt, L)
+            logits = self.word_head(state["f_txt"][where])                  # (M, vocab)
+            out["L_txt"], out["n_txt"] = text_loss(logits, state["mlm_labels"][where])
+        if "f_img" in state:
+            pred = self.forward_decoder(state["f_img"])
+            out["L_img"], out["n_img"] = image_loss(pred, state["target"], state["img_mask"])
+        if "pair_logits" in state:
+            out["L_co"], out["n_co"] = pair_loss(state["pair_logits"], state["pair_labels"])
+        c = self.cfg
+        out["loss"] = c.weight_txt * out["L_txt"] + c.weight_img * out["L_img"] + c.weight_co * out["L_co"]
+        return out
+
+    def forward(self, batch: dict, generator: torch.Generator | None = None) -> dict:
+        """One pre-training step's forward on a batch dict (mixvlp_ds/data/batch.py).
+        `generator` draws the patch masks (default: torch's global RNG)."""
+        state = self.forward_encoder(batch, generator)
+        state = self.forward_fusion(state, batch)
+        return self.forward_loss(state)
+
+    # ------------------------------------------------------------------ feature API
+    def encode_image(self, pyramid: list[torch.Tensor]) -> torch.Tensor:
+        """F_img tokens of unmasked images: uint8 pyramid -> (B, N, C), levels finest first."""
+        return torch.cat(self.fuse(None, None, self.encode_levels(self.image_levels(pyramid)))[1], dim=1)
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """F_txt tokens: (B, L) ids, (B, L) mask -> (B, L, C)."""
+        mask = attention_mask.to(self.device).bool()
+        return self.fuse(self.encode_words(input_ids, mask), mask, None)[0]
+
+    def encode_pair(self, pyramid: list[torch.Tensor], input_ids: torch.Tensor,
+                    attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(F_img (B, N, C), F_txt (B, L, C)) of image-report tuples; the only way for UNIT."""
+        mask = attention_mask.to(self.device).bool()
+        e_img = self.encode_levels(self.image_levels(pyramid))
+        e_txt = self.encode_words(input_ids, mask)
+        f_txt, f_img = self.fuse(e_txt, mask, e_img)
+        return torch.cat(f_img, dim=1), f_txt
+
+    @staticmethod
+    def pool(tokens: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Global average pooling over real tokens: (B, N, C), (B, N) -> (B, C)."""
+        if mask is None:
+            return tokens.mean(dim=1)
+        m = mask.to(tokens.dtype)[:, :, None]
+        return (tokens * m).sum(1) / m.sum(1).clamp_min(1.0)
+
+    def pooled_image(self, pyramid: list[torch.Tensor]) -> torch.Tensor:
+        """(B, C) pooled F_img."""
+        return self.pool(self.encode_image(pyramid))
+
+    def pooled_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(B, C) pooled F_txt over real tokens."""
+        return self.pool(self.encode_text(input_ids, attention_mask), attention_mask.to(self.device))
+
+    @torch.no_grad()
+    def regenerate(self, pyramid: list[torch.Tensor], mask: torch.Tensor | list[torch.Tensor],
+                   generator: torch.Generator | None = None, input_ids: torch.Tensor | None = None,
+                   attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Predict masked finest-level patches of images.
+
+        mask: (B, N_down) bool (finest level masked, coarser levels intact) or one mask per level.
+        Masked patches are replaced by random patches of the batch, as in pre-training. UNIT also
+        needs the report (input_ids, attention_mask). Returns (B, S, S) in [0, 1]: predictions at
+        masked patches, original pixels elsewhere."""
+        levels = self.image_levels(pyramid)
+        if isinstance(mask, torch.Tensor):
+            intact = [torch.zeros(x.shape[:2], dtype=torch.bool, device=self.device) for x in levels[1:]]
+            mask = [mask.to(self.device).bool()] + intact
+        masked, masks = random_patch_masking(levels, self.cfg.image_mask_ratio, generator, mask)
+        e_img = self.encode_levels(masked)
+        e_txt = txt_mask = None
+        if input_ids is not None:
+            txt_mask = attention_mask.to(self.device).bool()
+            e_txt = self.encode_words(input_ids, txt_mask)
+        pred = self.forward_decoder(self.fuse(e_txt, txt_mask, e_img)[1]).float()
+        out = torch.where(masks[0][:, :, None], pred.clamp(0, 1), levels[0])
+        return unpatchify(out, self.cfg.block_size)
+
+    # ------------------------------------------------------------------ persistence
+    def save_pretrained(self, directory: str | Path, tokenizer=None) -> None:
+        """safetensors weights + config.json (+ tokenizer/ when given); see export.py."""
+        from mixvlp_ds.model.export import save_pretrained
+        save_pretrained(self, directory, tokenizer)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> MixVLP:
+        from mixvlp_ds.model.export import load_pretrained
+        return load_pretrained(directory, map_location)
