@@ -1,0 +1,70 @@
+"""Decoded rows -> the batch dict of `mixvlp_ds.data.batch` (tokenize <= 150, MLM mask, stack)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from mixvlp_ds.data.batch import Batch
+from mixvlp_ds.model.masking import mask_tokens, tokenizer_mask_args
+from mixvlp_ds.shard.format import LABEL_SPACES, level_sizes
+from mixvlp_ds.text.tokenizer import MAX_LENGTH
+
+
+def collate(samples: list[dict], tokenizer, mask_text: bool = False, label_space: str = "chexpert14",
+            image_size: int | None = None, max_text_len: int = MAX_LENGTH, mask_prob: float = 0.15,
+            pad_to_max: bool = True, generator: torch.Generator | None = None) -> Batch:
+    """Stack decoded rows into a batch.
+
+    samples: dicts with "pyramid" (3 uint8 arrays finest first, or None), "text" (str or None),
+    "labels" (float32 (K,) in `label_space`), "key", "institution", "patient_id", and optionally
+    "pair" (default 1.0 when both sides are present) and "text_key" (default: "key").
+    `iter_samples` rows fit as they are (fine-tuning); the pre-training loader adds pair/text_key.
+    """
+    b = len(samples)
+    if b == 0:
+        raise ValueError("collate of an empty list")
+    if image_size is None:
+        first = next((s["pyramid"] for s in samples if s.get("pyramid") is not None), None)
+        image_size = first[0].shape[0] if first is not None else 224
+    sizes = level_sizes(image_size)
+    pyramid = [np.zeros((b, s, s), dtype=np.uint8) for s in sizes]
+    has_image = torch.zeros(b, dtype=torch.bool)
+    has_text = torch.zeros(b, dtype=torch.bool)
+    for i, s in enumerate(samples):
+        if s.get("pyramid") is not None:
+            for level, arr in zip(pyramid, s["pyramid"], strict=True):
+                level[i] = arr
+            has_image[i] = True
+        has_text[i] = s.get("text") is not None
+    texts = [s["text"] if s.get("text") is not None else "" for s in samples]
+    enc = tokenizer(texts, max_length=max_text_len, truncation=True,
+                    padding="max_length" if pad_to_max else "longest", return_tensors="pt")
+    input_ids, attention_mask = enc["input_ids"].long(), enc["attention_mask"].long()
+    mlm_labels = torch.full_like(input_ids, -100)
+    if mask_text:
+        masked, labels = mask_tokens(input_ids, attention_mask, prob=mask_prob, generator=generator,
+                                     **tokenizer_mask_args(tokenizer))
+        rows = has_text[:, None]
+        input_ids = torch.where(rows, masked, input_ids)
+        mlm_labels = torch.where(rows, labels, mlm_labels)
+    k = len(LABEL_SPACES[label_space])
+    labels = torch.from_numpy(np.stack([np.asarray(s["labels"], dtype=np.float32).reshape(k)
+                                        for s in samples])) if k else torch.zeros(b, 0)
+    pair = torch.tensor([float(s.get("pair", 1.0)) if (has_image[i] and has_text[i]) else 0.0
+                         for i, s in enumerate(samples)], dtype=torch.float32)
+    batch: Batch = {
+        "pyramid": [torch.from_numpy(level) for level in pyramid],
+        "has_image": has_image,
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "mlm_labels": mlm_labels,
+        "has_text": has_text,
+        "pair": pair,
+        "labels": labels,
+        "key": [s["key"] for s in samples],
+        "text_key": [s.get("text_key", s["key"]) if s.get("text") is not None else "" for s in samples],
+        "institution": [s["institution"] for s in samples],
+        "patient_id": [s["patient_id"] for s in samples],
+    }
+    return batch
