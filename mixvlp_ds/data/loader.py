@@ -151,7 +151,7 @@ class SlotStream:
         batch = collate(rows, self.tokenizer, mask_text=self.cfg.mask_text, label_space=self.cfg.label_space,
                         image_size=self.cfg.image_size, max_text_len=self.cfg.max_text_len,
                         mask_prob=self.cfg.mask_text_prob, pad_to_max=self.cfg.pad_to_max, generator=gen)
-        batch["shares"] = batch_shares(tuples)
+        batch["shares"] = batch_shares(tuples, [s.institution for s in self.cfg.sources])
         batch["_worker"], batch["_consumed"] = self.worker, consumed
         batch["_faults"], batch["_counts"] = self.faults.as_dict(), dict(sampler.counts)
         return batch

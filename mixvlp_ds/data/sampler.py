@@ -175,11 +175,13 @@ class MixingSampler:
         return items.pop()
 
 
-def batch_shares(tuples: list[MixedTuple]) -> dict[str, float]:
-    """Realised shares of one batch, for logging: each kind, and each institution (of the image)."""
+def batch_shares(tuples: list[MixedTuple], institutions=()) -> dict[str, float]:
+    """Realised shares of one batch, for logging: each kind, and each institution (of the image;
+    every name in `institutions` appears, 0.0 when absent, so logged keys are stable)."""
     n = max(len(tuples), 1)
     kinds = Counter(t.kind for t in tuples)
     out = {k: kinds.get(k, 0) / n for k in KINDS}
-    for inst, c in sorted(Counter(t.institution for t in tuples).items()):
-        out[f"institution/{inst}"] = c / n
+    insts = Counter(t.institution for t in tuples)
+    for inst in sorted(set(institutions) | set(insts)):
+        out[f"institution/{inst}"] = insts.get(inst, 0) / n
     return out
