@@ -131,12 +131,12 @@ class CSVManifestSource:
             try:
                 raw, encoding = read_report(path.read_bytes())
             except FileNotFoundError:
-                rejects.reject("report file missing", file=str(path), key=key)
+                rejects.reject("report_file_missing", file=str(path), key=key)
                 return None, False
             if encoding != "utf-8":
                 rejects.note(f"report decoded as {encoding}")
             if not raw.strip() and row.get("image"):  # without an image, the row itself is rejected
-                rejects.reject("empty report", file=str(path), key=key, detail="image written without text")
+                rejects.reject("empty_report", file=str(path), key=key, detail="image written without text")
         sections = split_sections(raw) if raw.strip() else {}
         text = extract_report(raw) if {"findings", "impression"} & set(sections) else clean_text(raw)
         return text or None, True
@@ -150,7 +150,7 @@ class CSVManifestSource:
             if not any(c.strip() for c in cells):
                 continue
             if len(cells) < len(header):
-                rejects.reject("malformed manifest row", file=f"{self.manifest}:{line}", detail=str(cells))
+                rejects.reject("malformed_row", file=f"{self.manifest}:{line}", detail=str(cells))
                 continue
             row = {f: cells[i].strip() for f, i in fields.items()}
             patient = row["patient_id"]
@@ -159,33 +159,33 @@ class CSVManifestSource:
             key = make_key(self.institution, study or patient, Path(image).stem if image else "report")
             where = f"{self.manifest}:{line}"
             if not patient:
-                rejects.reject("missing patient_id", file=where, key=key)
+                rejects.reject("missing_patient_id", file=where, key=key)
                 continue
             if key in seen:
-                rejects.reject("duplicate key", file=where, key=key)
+                rejects.reject("duplicate_key", file=where, key=key)
                 continue
             split = SPLITS.get(row.get("split", "").lower()) if row.get("split") else \
                 hash_split(patient, self.val_fraction, self.test_fraction)
             if split is None:
-                rejects.reject("unknown split", file=where, key=key,
+                rejects.reject("unknown_split", file=where, key=key,
                                detail=f"{row['split']!r}; expected train, val (validate) or test")
                 continue
             try:
                 labels = {n: parse_label(cells[label_cols[n]]) if n in label_cols else None for n in names}
             except ValueError as e:
-                rejects.reject("bad label value", file=where, key=key, detail=str(e))
+                rejects.reject("bad_label_value", file=where, key=key, detail=str(e))
                 continue
             image_path = None
             if image:
                 image_path = self.folder / image
                 if not image_path.is_file():
-                    rejects.reject("image file missing", file=str(image_path), key=key)
+                    rejects.reject("image_missing", file=str(image_path), key=key)
                     continue
             text, ok = self.report_text(row, rejects, key)
             if not ok:
                 continue
             if text is None and image_path is None:
-                rejects.reject("empty report", file=where, key=key, detail="no image and no report text")
+                rejects.reject("empty_report", file=where, key=key, detail="no image and no report text")
                 continue
             seen.add(key)
             meta = {"institution": self.institution, "patient_id": patient, "study_id": study or patient,

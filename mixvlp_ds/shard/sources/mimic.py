@@ -15,7 +15,7 @@ study carries the study's report and labels. Label cells 1.0 / 0.0 / -1.0 / blan
 1 / 0 / -1 / null. Split "validate" is written as "val".
 
 Bad input: images absent from disk and non-frontal views are counted (notes); a study without a
-report file is written image-only (noted); an empty report is a reject ("empty report", the image
+report file is written image-only (noted); an empty report is a reject ("empty_report"; the image
 is still written, without text); a non-UTF-8 report is decoded as cp1252 (noted); a dicom_id
 listed twice, a missing split row, an unknown split or a bad label cell are rejects.
 """
@@ -97,7 +97,7 @@ class MIMICSource:
             try:
                 out[r["study_id"].strip()] = {n: parse_label(r[n] or "") for n in CHEXPERT14}
             except ValueError as e:
-                rejects.reject("bad label value", file=str(path), key=r["study_id"], detail=str(e))
+                rejects.reject("bad_label_value", file=str(path), key=r["study_id"], detail=str(e))
         return out
 
     def load_report(self, subject: str, study: str, rejects: RejectLog) -> str | None:
@@ -113,7 +113,7 @@ class MIMICSource:
             rejects.note(f"report decoded as {encoding}")
         text = extract_report(raw)
         if not text:
-            rejects.reject("empty report", file=str(path), key=f"s{study}",
+            rejects.reject("empty_report", file=str(path), key=f"s{study}",
                            detail="image written without text")
             return None
         return text
@@ -132,12 +132,12 @@ class MIMICSource:
                 skipped_views += 1
                 continue
             if dicom in seen:
-                rejects.reject("duplicate key", file=str(metadata), key=dicom)
+                rejects.reject("duplicate_key", file=str(metadata), key=dicom)
                 continue
             seen.add(dicom)
             split = SPLITS.get(splits.get(dicom, ""))
             if split is None:
-                reason = "unknown split" if dicom in splits else "missing from split file"
+                reason = "unknown_split" if dicom in splits else "missing_from_split_file"
                 rejects.reject(reason, file=str(self.tables["split"]), key=dicom,
                                detail=splits.get(dicom, ""))
                 continue

@@ -178,17 +178,17 @@ class NIHSource:
         absent = 0
         for line, row in enumerate(rows, start=2):
             if len(row) < width:
-                rejects.reject("malformed metadata row", file=f"{self.metadata}:{line}", detail=str(row))
+                rejects.reject("malformed_row", file=f"{self.metadata}:{line}", detail=str(row))
                 continue
             image = row[col["Image Index"]].strip()
             if image in seen:
-                rejects.reject("duplicate key", file=str(self.metadata), key=image, detail=f"line {line}")
+                rejects.reject("duplicate_key", file=str(self.metadata), key=image, detail=f"line {line}")
                 continue
             seen.add(image)
             findings = {f.strip() for f in row[col["Finding Labels"]].split("|") if f.strip()}
             unknown = findings - known - {"No Finding"}
             if unknown or not findings:
-                rejects.reject("unknown finding label", file=str(self.metadata), key=image,
+                rejects.reject("unknown_finding_label", file=str(self.metadata), key=image,
                                detail=f"line {line}: {sorted(unknown) or 'empty'}; expected {list(CXR14)}")
                 continue
             path = images.get(image)
@@ -202,7 +202,7 @@ class NIHSource:
             else:
                 split = split_by_image.get(image)
                 if split is None:
-                    rejects.reject("not in split lists", file=str(self.metadata), key=image)
+                    rejects.reject("not_in_split_lists", file=str(self.metadata), key=image)
                     continue
                 if split == "train_val":
                     split = "val" if hash_fraction(patient) < self.val_fraction else "train"

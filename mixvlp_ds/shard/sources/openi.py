@@ -8,19 +8,22 @@ Inputs:
                       (CXR1_1_IM-0001-3001.png, the NLMCXR_png release) or in the Kaggle style
                       (1_IM-0001-3001.dcm.png); without it every record is text-only
     --openi-views     optional CSV giving each image's view: nlmcxr_tsne_pa.csv(.gz)
-                      (imageid,tsne-view) or nlmcxr_dicom_metadata.csv(.gz) (imageid,View Position)
+                      (imageid,tsne-view), nlmcxr_dicom_metadata.csv(.gz) (imageid,View Position)
+                      or Kaggle indiana_projections.csv (uid,filename,projection)
     --openi-labels    openi_gld_std14.csv (filename,<14 ChestX-ray14 findings>,normal), or "mesh"
                       (default): labels from the manual MeSH <major> terms, mapping in MESH_TO_CXR14
     --openi-test-ids  optional list of report ids (CXRn) that form the test split; the rest is train
 
 One record per report: FINDINGS + IMPRESSION as text (`extract_report`), and one frontal image
-(the first parentImage whose view is PA/AP when --openi-views is given, else the first
-parentImage) found on disk. OpenI has no patient ids: the report id stands in for the patient.
+found on disk: with --openi-views, the first parentImage whose view is PA/AP, else the first one
+whose view the table does not give (never a known lateral); without it, the first parentImage.
+OpenI has no patient ids: the report id stands in for the patient.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import tarfile
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
@@ -34,7 +37,7 @@ from mixvlp_ds.text.sections import extract_report
 HELP = ("OpenI/IU ecgen-radiology XML reports (NLMCXR_reports.tgz or a folder of XML) + optional PNG folder: "
         "FINDINGS+IMPRESSION, one frontal image per report, cxr14 labels from a gold CSV or MeSH terms.")
 
-FRONTAL = ("PA", "AP")
+FRONTAL = ("PA", "AP", "FRONTAL")  # DICOM/t-SNE view positions; Kaggle "Frontal"
 
 # MeSH <major> heading (the part before the first '/', case-insensitive) -> ChestX-ray14 finding.
 # Pleural thickening is "Thickening/pleura/...": the heading alone is ambiguous, so it also needs
@@ -69,7 +72,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("openi source (--source openi)")
     g.add_argument("--openi-reports", help="NLMCXR_reports.tgz, or a folder of ecgen-radiology XML files")
     g.add_argument("--openi-images", help="PNG folder named by parentImage id (optional: text-only without)")
-    g.add_argument("--openi-views", help="view CSV: nlmcxr_tsne_pa.csv.gz or nlmcxr_dicom_metadata.csv.gz")
+    g.add_argument("--openi-views", help="view CSV: nlmcxr_tsne_pa.csv.gz, nlmcxr_dicom_metadata.csv.gz "
+                                         "or indiana_projections.csv")
     g.add_argument("--openi-labels", default="mesh",
                    help="label CSV (openi_gld_std14.csv layout) or 'mesh' for the MeSH mapping (default)")
     g.add_argument("--openi-test-ids", help="file of report ids (CXRn) forming the test split; rest train")
@@ -84,6 +88,12 @@ def build(args: argparse.Namespace) -> OpenISource:
                        labels=args.openi_labels, test_ids=args.openi_test_ids,
                        val_fraction=args.openi_val_fraction, test_fraction=args.openi_test_fraction,
                        institution=args.institution)
+
+
+def image_key(image_id: str) -> str:
+    """Image id as the view tables spell it: the DICOM metadata drops the '_1' of some XML ids
+    ('CXR1_1_IM-0001-3001' -> 'CXR1_IM-0001-3001'); applied to both sides of every lookup."""
+    return re.sub(r"^(CXR\d+)_\d+_(IM-)", r"\1_\2", image_id.strip())
 
 
 def mesh_labels(terms: list[str]) -> dict[str, int | None]:
@@ -156,15 +166,23 @@ class OpenISource:
         return sorted(docs, key=order)
 
     def load_views(self) -> dict[str, str]:
+        """image_key -> view (upper case) from one of the three published view tables."""
         if self.views is None:
             return {}
         header, _ = csv_rows(self.views)
-        column = next((c for c in ("tsne-view", "View Position", "view") if c in header), None)
-        if "imageid" not in header or column is None:
-            raise InputLayoutError(f"{self.views}: expected columns imageid and one of tsne-view / "
-                                   f"View Position (nlmcxr_tsne_pa.csv or nlmcxr_dicom_metadata.csv), "
-                                   f"found {header[:8]}...")
-        return {r["imageid"].strip(): r[column].strip().upper() for r in csv_dicts(self.views, ("imageid",))}
+        if {"filename", "projection"} <= set(header):  # Kaggle indiana_projections.csv
+            pairs = [("CXR" + r["filename"].strip().removesuffix(".png").removesuffix(".dcm"),
+                      r["projection"]) for r in csv_dicts(self.views, ("filename", "projection"))]
+        else:
+            column = next((c for c in ("tsne-view", "View Position") if c in header), None)
+            if "imageid" not in header or column is None:
+                raise InputLayoutError(
+                    f"{self.views}: expected a view table: nlmcxr_tsne_pa.csv (imageid,tsne-view), "
+                    f"nlmcxr_dicom_metadata.csv (imageid,...,View Position,...) or indiana_projections.csv "
+                    f"(uid,filename,projection); found columns {header[:8]}")
+            pairs = [(r["imageid"], r[column]) for r in csv_dicts(self.views, ("imageid",))]
+        # A blank view (many DICOM rows) is unknown, the same as not listed.
+        return {image_key(i): v.strip().upper() for i, v in pairs if v.strip()}
 
     def load_label_csv(self, rejects: RejectLog) -> dict[str, dict[str, int | None]]:
         header, _ = csv_rows(self.labels)
@@ -177,12 +195,12 @@ class OpenISource:
             try:
                 out[r["filename"].strip()] = {n: parse_label(r.get(n) or "") for n in CXR14}
             except ValueError as e:
-                rejects.reject("bad label value", file=str(self.labels), key=r["filename"], detail=str(e))
+                rejects.reject("bad_label_value", file=str(self.labels), key=r["filename"], detail=str(e))
         return out
 
     def index_images(self) -> dict[str, str]:
-        """parentImage id -> file. 'CXR1_1_IM-0001-3001.png' and Kaggle '1_IM-0001-3001.dcm.png' both map
-        to 'CXR1_1_IM-0001-3001'."""
+        """image_key(parentImage id) -> file. 'CXR1_1_IM-0001-3001.png' and the Kaggle name
+        '1_IM-0001-3001.dcm.png' both map to 'CXR1_IM-0001-3001'."""
         out: dict[str, str] = {}
         for p in sorted(self.images.iterdir()):
             if p.suffix.lower() not in (".png", ".jpg", ".jpeg") or not p.is_file():
@@ -190,7 +208,7 @@ class OpenISource:
             stem = p.name[: -len(p.suffix)]
             if stem.endswith(".dcm"):
                 stem = "CXR" + stem[: -len(".dcm")]
-            out.setdefault(stem, str(p))
+            out.setdefault(image_key(stem), str(p))
         return out
 
     def items(self, rejects: RejectLog) -> Iterator[SourceItem]:
@@ -205,14 +223,14 @@ class OpenISource:
             try:
                 doc = parse_report_xml(data)
             except ET.ParseError as e:
-                rejects.reject("malformed XML", file=file, detail=str(e))
+                rejects.reject("malformed_xml", file=file, detail=str(e))
                 continue
             uid = doc["uid"]
             if not uid:
-                rejects.reject("no report id (uId)", file=file)
+                rejects.reject("no_report_id", file=file)
                 continue
             if uid in seen:
-                rejects.reject("duplicate key", file=file, key=uid)
+                rejects.reject("duplicate_key", file=file, key=uid)
                 continue
             seen.add(uid)
             s = doc["sections"]
@@ -220,7 +238,7 @@ class OpenISource:
                                   f"IMPRESSION: {s.get('IMPRESSION', '')}")
             image_id, image_path = self.pick_image(doc["images"], views, images, rejects)
             if not text and image_path is None:
-                rejects.reject("empty report", file=file, key=uid,
+                rejects.reject("empty_report", file=file, key=uid,
                                detail="no FINDINGS/IMPRESSION and no image")
                 continue
             if gold is None:
@@ -235,7 +253,7 @@ class OpenISource:
             else:
                 split = hash_split(uid, self.val_fraction, self.test_fraction)
             meta = {"institution": self.institution, "patient_id": uid, "study_id": uid,
-                    "view": views.get(image_id, "") if image_id else "", "split": split}
+                    "view": views.get(image_key(image_id), "") if image_id else "", "split": split}
             if image_path is None:
                 meta["source_file"] = file
             yield SourceItem(key=make_key(self.institution, uid, image_id or "report"), meta=meta,
@@ -249,12 +267,14 @@ class OpenISource:
         if not ids:
             rejects.note("report without image (text only)")
             return None, None
-        candidates = [i for i in ids if views.get(i) in FRONTAL] if views else ids[:1]
+        # Known frontal views first, then images of unknown view; known laterals never.
+        known = [i for i in ids if views.get(image_key(i)) in FRONTAL]
+        candidates = known + [i for i in ids if image_key(i) not in views] if views else ids[:1]
         if not candidates:
             rejects.note("report without frontal image (text only)")
             return None, None
         for image_id in candidates:
-            if image_id in images:
-                return image_id, images[image_id]
+            if image_key(image_id) in images:
+                return image_id, images[image_key(image_id)]
         rejects.note("image absent from disk (text only)")
         return None, None
