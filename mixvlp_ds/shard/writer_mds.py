@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 
 from mixvlp_ds.shard.format import image_field
@@ -78,7 +79,13 @@ class MdsShardWriter:
     def close(self) -> list[ShardInfo]:
         """Finish and rename the split folder into place; returns the shards in order
         (`extra_files` then holds the split's own MDS index.json)."""
-        self._writer.finish()
+        w = self._writer
+        if w.new_samples:  # flush the last shard ourselves and let its (local no-op) upload task
+            w.flush_shard()  # drain: MDSWriter.finish() sleeps a whole second if the queue is not empty
+            w._reset_cache()
+        while w.executor._work_queue.qsize() > 0:
+            time.sleep(0.002)
+        w.finish()
         final = self.out_dir / self.split
         if final.exists():
             shutil.rmtree(final)
