@@ -188,3 +188,15 @@ def test_end_to_end_shards_from_real_images(shared_data, tmp_path):
         assert json.loads(s["labels.json"])["values"] == expected[key].labels
         img = Image.open(io.BytesIO(s["img.64.png"]))
         assert img.mode == "L" and img.size == (64, 64)
+
+
+def test_no_image_on_disk_writes_nothing_and_says_why(tmp_path):
+    from mixvlp_ds.shard.pipeline import NothingWrittenError, write_dataset
+
+    make_layout(tmp_path, [("00000001_000.png", "Mass", 1, "PA"), ("00000002_000.png", "Mass", 2, "PA")])
+    for p in (tmp_path / "images_001" / "images").iterdir():
+        p.unlink()
+    with pytest.raises(NothingWrittenError, match="image absent from disk: 2") as err:
+        write_dataset(NIHSource(tmp_path), tmp_path / "out")
+    assert "Image Index" in str(err.value)
+    assert not (tmp_path / "out" / "index.json").exists()

@@ -83,6 +83,7 @@ class CSVManifestSource:
         self.val_fraction, self.test_fraction = val_fraction, test_fraction
         self.institution = institution or self.name
         self.folder = self.manifest.parent
+        self.expected = f"rows of {self.manifest} with an existing image file and/or non-empty report text"
 
     def read_rows(self, rejects: RejectLog) -> tuple[list[str], list[list[str]]]:
         data = self.manifest.read_bytes()

@@ -82,6 +82,7 @@ class MIMICSource:
             raise InputLayoutError(f"{self.root}: missing {missing}; {expected}")
         self.views = views
         self.institution = institution or self.name
+        self.expected = f"frontal ({', '.join(views)}) images listed in the metadata table; {expected}"
 
     def load_splits(self) -> dict[str, str]:
         return {r["dicom_id"]: r["split"].strip() for r in

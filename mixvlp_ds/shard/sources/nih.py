@@ -110,6 +110,9 @@ class NIHSource:
         self.split_lists = Path(split_lists) if split_lists else None
         self.val_fraction, self.test_fraction = val_fraction, test_fraction
         self.institution = institution or self.name
+        # Shown by the pipeline when nothing could be written.
+        self.expected = (f"images named by the 'Image Index' of {self.metadata.name} (e.g. 00000001_000.png, "
+                         f"or .jpg with the same stem) in {', '.join(p.name for p in self.image_dirs)}")
 
     def _find_metadata(self) -> Path:
         found = sorted(p for p in self.root.glob("Data_Entry_2017*.csv*")

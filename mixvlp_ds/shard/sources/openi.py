@@ -145,6 +145,8 @@ class OpenISource:
         check_fractions(val_fraction, test_fraction)
         self.val_fraction, self.test_fraction = val_fraction, test_fraction
         self.institution = institution or self.name
+        self.expected = ("ecgen-radiology XML reports with FINDINGS or IMPRESSION text, or images named by "
+                         "parentImage id")
 
     def xml_documents(self, rejects: RejectLog) -> list[tuple[str, bytes]]:
         """(file name, bytes) of every report, ordered by report number (1.xml, 2.xml, ..., 10.xml)."""
