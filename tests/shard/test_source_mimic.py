@@ -182,3 +182,16 @@ def test_end_to_end_shards(layout, tmp_path):
                         assert json.loads(tar.extractfile(m).read())["split"] == split
     assert texts[f"mimic/s50414267/{dicom_id(1)}"] == extract_report(example)
     assert len(texts) == 6                                                     # 2 images written without text
+
+
+def test_rerun_writes_identical_shards(layout, tmp_path):
+    from mixvlp_ds.shard.pipeline import ShardOptions, write_dataset
+
+    root, _ = layout
+    outs = [tmp_path / "a", tmp_path / "b"]
+    for out, workers in zip(outs, (1, 2), strict=True):
+        write_dataset(MIMICSource(root), out, ShardOptions(image_size=32, workers=workers, progress=False))
+    files = sorted(p.name for p in outs[0].iterdir())
+    assert files == sorted(p.name for p in outs[1].iterdir()) and any(f.endswith(".tar") for f in files)
+    for name in files:
+        assert (outs[0] / name).read_bytes() == (outs[1] / name).read_bytes(), name
