@@ -148,7 +148,7 @@ class OpenISource:
         self.expected = ("ecgen-radiology XML reports with FINDINGS or IMPRESSION text, or images named by "
                          "parentImage id")
 
-    def xml_documents(self, rejects: RejectLog) -> list[tuple[str, bytes]]:
+    def xml_documents(self) -> list[tuple[str, bytes]]:
         """(file name, bytes) of every report, ordered by report number (1.xml, 2.xml, ..., 10.xml)."""
         docs = []
         if self.reports.is_dir():
@@ -221,7 +221,7 @@ class OpenISource:
             test_ids = {t.strip() for t in self.test_ids.read_text(encoding="utf-8").split() if t.strip()}
         images = self.index_images() if self.images is not None else None
         seen: set[str] = set()
-        for file, data in self.xml_documents(rejects):
+        for file, data in self.xml_documents():
             try:
                 doc = parse_report_xml(data)
             except ET.ParseError as e:
