@@ -108,7 +108,7 @@ def print_summary(summary: dict, console=None) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = [str(a) for a in (sys.argv[1:] if argv is None else argv)]
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--source")
     known, _ = pre.parse_known_args(argv)
