@@ -73,9 +73,7 @@ class S3RangeReader(io.RawIOBase):
                 self.pos += len(data)
                 return len(data)
             except Exception as e:  # botocore and urllib3 raise many kinds; all mean "try again"
-                self._close_body()
-                if _is_missing(e):
-                    raise S3ReadError(f"{self.uri}: no such object") from e
+                self._close_body()  # a missing object is retried too: a restarting server lacks it briefly
                 if attempt == self.retries:
                     raise S3ReadError(f"{self.uri}: read failed at byte {self.pos} after "
                                       f"{self.retries} attempts: {e}") from e
@@ -97,11 +95,6 @@ class S3RangeReader(io.RawIOBase):
     def close(self) -> None:
         self._close_body()
         super().close()
-
-
-def _is_missing(e: Exception) -> bool:
-    code = getattr(e, "response", {}).get("Error", {}).get("Code", "") if hasattr(e, "response") else ""
-    return code in ("NoSuchKey", "NoSuchBucket", "404")
 
 
 def open_s3(uri: str, retries: int = 5, backoff: float = 0.5, bufsize: int = 1 << 20) -> io.BufferedReader:

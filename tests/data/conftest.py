@@ -71,3 +71,10 @@ def tokenizer(tmp_path_factory):
 
     texts = [" ".join(WORDS[i:] + WORDS[:i]) for i in range(len(WORDS))] * 3
     return train_tokenizer(texts, tmp_path_factory.mktemp("tok"), vocab_size=200, min_frequency=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_mds(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("mds")
+    return {"a": write_tiny(root / "a", "a", 240, fmt="mds", seed=1),
+            "b": write_tiny(root / "b", "b", 160, fmt="mds", with_text=False, seed=2)}

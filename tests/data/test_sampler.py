@@ -29,7 +29,8 @@ def fake(source: str, n: int, text=True, image=True, per_study=3) -> list[Record
 
 def run(cfg: DataConfig, records, seed=0, **kw):
     cfg.validate()
-    s = MixingSampler(resolve_sources(cfg), np.random.default_rng(seed), cfg.subset_seed, cfg.negative_rate,
+    s = MixingSampler(resolve_sources(cfg), np.random.default_rng(seed), cfg.subset_seed,
+                      cfg.negative_rate,
                       shuffle_buffer=kw.get("shuffle", 200), image_pool=kw.get("image_pool", 64),
                       report_pool=kw.get("report_pool", 128))
     return list(s(records)), s
@@ -141,10 +142,12 @@ def test_negative_rate_repairs_a_share_of_true_pairs():
     assert all(t.image.study != t.text.study for t in out if t.kind == "repaired")
 
 
-@pytest.mark.parametrize("scenario,roles", [("baseline", ["paired", "image_only"]), ("mixup1", ["paired", "paired"]),
+@pytest.mark.parametrize("scenario,roles", [("baseline", ["paired", "image_only"]),
+                                            ("mixup1", ["paired", "paired"]),
                                             ("mixup2", ["paired"]), ("custom", ["paired"])])
 def test_scenario_errors(scenario, roles):
-    cfg = DataConfig(scenario=scenario, sources=[SourceSpec(f"s{i}", "x", role=r) for i, r in enumerate(roles)])
+    cfg = DataConfig(scenario=scenario,
+                     sources=[SourceSpec(f"s{i}", "x", role=r) for i, r in enumerate(roles)])
     if scenario == "custom":
         cfg.sources[0].pair_with = "nope"
     with pytest.raises(ConfigError):
