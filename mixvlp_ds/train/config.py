@@ -1,0 +1,113 @@
+"""RunConfig: everything one pre-training run needs, from one YAML file plus `key=value` overrides.
+
+    model:                  # a ModelConfig; `preset`/`arch`/`image` expand ModelConfig.preset(...)
+      preset: bert-base
+      arch: uwox
+      image: ms_B8
+    data: {...}             # a DataConfig (mixvlp_ds.data.config); data.batch_size is PER RANK
+    train: {...}            # a TrainConfig (below)
+    tokenizer: runs/tok     # a tokenizer directory (mixvlp_ds.text.tokenizer)
+
+The global batch is `train.batch_size` = data.batch_size x gradient accumulation x world size;
+accumulation is derived, and a batch size that does not divide is an error naming the numbers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from mixvlp_ds.config import ConfigError, apply_overrides, from_dict, read_file, to_dict
+from mixvlp_ds.data.config import DataConfig
+from mixvlp_ds.model.config import ModelConfig
+
+
+@dataclass
+class TrainConfig:
+    # optimisation (paper: Adam(W) at 1e-4, batch 64)
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    weight_decay: float = 0.01
+    batch_size: int = 64                 # global, over all ranks and accumulation steps
+    warmup_steps: int = 1000
+    decay: Literal["cosine", "linear", "constant"] = "cosine"
+    min_lr_ratio: float = 0.0            # the decay ends at lr * min_lr_ratio
+    clip_grad: float = 1.0               # gradient norm clipping (0 = off)
+    steps: int = 100_000                 # optimizer steps of the whole run
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"  # "auto": what the DS config says
+    seed: int = 0
+    # robustness
+    max_nonfinite_in_row: int = 20       # consecutive non-finite losses before the run stops
+    # checkpoints
+    output_dir: str = "runs/default"
+    ckpt_every: int = 1000               # steps; a checkpoint is also written at the end
+    keep_last: int = 3                   # checkpoints kept, locally and on S3
+    ckpt_uri: str = ""                   # s3://bucket/prefix: committed copies of the checkpoints
+    resume: str = ""                     # "" | auto | s3://... | a local checkpoints directory
+    upload_busy: Literal["wait", "skip"] = "wait"  # a checkpoint due while the last one uploads
+    upload_timeout: float = 3600.0       # seconds of retrying before an upload is given up
+    upload_backoff: float = 1.0          # first retry delay, doubled up to 60 s
+    # logging
+    log_every: int = 10
+    progress: bool = True                # rich live progress on rank 0 (off: plain log lines)
+    tensorboard: bool = True             # when the tensorboard package is installed
+    peak_tflops: float = 0.0             # per device, for MFU; 0 = guess from the device name
+
+    def validate(self) -> None:
+        if self.lr <= 0 or self.batch_size < 1 or self.steps < 1:
+            raise ConfigError(f"train.lr ({self.lr}), train.batch_size ({self.batch_size}) and "
+                              f"train.steps ({self.steps}) must be positive")
+        if self.ckpt_every < 1 or self.keep_last < 1 or self.log_every < 1:
+            raise ConfigError("train.ckpt_every, train.keep_last and train.log_every must be >= 1")
+        if self.resume == "auto" and not self.ckpt_uri:
+            raise ConfigError("train.resume=auto resumes from train.ckpt_uri, which is empty")
+        if self.ckpt_uri and not self.ckpt_uri.startswith("s3://"):
+            raise ConfigError(f"train.ckpt_uri must be an s3:// URI, got {self.ckpt_uri!r}")
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    tokenizer: str = ""
+    name: str = ""
+
+    def validate(self) -> None:
+        m, d = self.model, self.data
+        pairs = [("image_size", m.image_size, d.image_size), ("max_text_len", m.max_text_len, d.max_text_len),
+                 ("text_mask_ratio/mask_text_prob", m.text_mask_ratio, d.mask_text_prob)]
+        for name, a, b in pairs:
+            if a != b:
+                raise ConfigError(f"model/data disagree on {name}: model has {a}, data has {b}")
+        if not self.tokenizer:
+            raise ConfigError("tokenizer: name a tokenizer directory "
+                              "(python -m mixvlp_ds.text.tokenizer train)")
+
+    def accumulation(self, world_size: int) -> int:
+        """Gradient accumulation steps so that micro x accum x world == train.batch_size."""
+        per_step = self.data.batch_size * world_size
+        if self.train.batch_size % per_step:
+            raise ConfigError(f"train.batch_size={self.train.batch_size} is not a multiple of "
+                              f"data.batch_size={self.data.batch_size} x world size {world_size}")
+        return self.train.batch_size // per_step
+
+
+def expand_model_preset(data: dict[str, Any]) -> dict[str, Any]:
+    """`model: {preset: tiny, arch: uwox, image: ms_B8, hidden: 64}` -> the full ModelConfig fields."""
+    model = dict(data.get("model") or {})
+    if "preset" in model or "arch" in model or "image" in model:
+        size = model.pop("preset", "bert-base")
+        arch, image = model.pop("arch", None), model.pop("image", None)
+        model = to_dict(ModelConfig.preset(size, arch=arch, image=image, **model))
+    data["model"] = model
+    return data
+
+
+def load_run_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
+    """File, then overrides, then the model preset expansion; every section validated."""
+    data = read_file(path) if path else {}
+    apply_overrides(data, list(overrides or []))
+    return from_dict(RunConfig, expand_model_preset(data), where=str(path or "config"))

@@ -1,0 +1,118 @@
+"""DeepSpeed JSON configs with "auto" values filled from the run config, never silently contradictory.
+
+The files in ds_configs/ decide HOW to train (ZeRO stage, offload, precision, loss scaling); the run
+config decides WHAT (batch, learning rate, schedule, clipping). Any value the two share is "auto" (or
+absent) in the JSON and filled here; an explicit JSON value that disagrees with the run config is a
+ConfigError naming both, e.g.
+
+    ds_configs/zero2.json: train_batch_size=128 contradicts the run config (train.batch_size=64)
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from mixvlp_ds.config import ConfigError
+from mixvlp_ds.train.config import RunConfig
+
+AUTO = "auto"
+SCHEDULER_KEYS = {"WarmupLR": ("warmup_num_steps", "warmup_max_lr"),
+                  "WarmupDecayLR": ("warmup_num_steps", "warmup_max_lr", "total_num_steps"),
+                  "WarmupCosineLR": ("warmup_num_steps", "total_num_steps")}
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, bool) or isinstance(b, bool):
+        return a is b
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
+    return a == b
+
+
+def _fill(section: dict, key: str, value: Any, source: str, where: str) -> None:
+    """Set section[key] = value when absent or "auto"; otherwise it must agree with `value`."""
+    have = section.get(key, AUTO)
+    if have == AUTO:
+        section[key] = list(value) if isinstance(value, tuple) else value
+    elif not _same(have, value):
+        raise ConfigError(f"{where}: {key}={have!r} contradicts the run config ({source}={value!r})")
+
+
+def resolve_precision(ds: dict, run: RunConfig, device_type: str, bf16_ok: bool, where: str) -> str:
+    """Fill bf16/fp16 "enabled"; returns "bf16" | "fp16" | "fp32"."""
+    want = run.train.precision
+    flags = {k: ds.get(k, {}).get("enabled", AUTO) for k in ("bf16", "fp16")}
+    if want == "auto":
+        # the DS file decides; "auto" in it means bf16 where the device has it, else fp32
+        if flags["bf16"] == AUTO:
+            flags["bf16"] = device_type != "cpu" and bf16_ok and flags["fp16"] is not True
+        if flags["fp16"] == AUTO:
+            flags["fp16"] = False
+    else:
+        for k in ("bf16", "fp16"):
+            if flags[k] == AUTO:
+                flags[k] = want == k
+            elif flags[k] != (want == k):
+                raise ConfigError(f"{where}: {k}.enabled={flags[k]} contradicts the run config "
+                                  f"(train.precision={want!r})")
+    if flags["bf16"] and flags["fp16"]:
+        raise ConfigError(f"{where}: bf16 and fp16 are both enabled")
+    for k in ("bf16", "fp16"):
+        ds.setdefault(k, {})["enabled"] = bool(flags[k])
+    return "bf16" if flags["bf16"] else "fp16" if flags["fp16"] else "fp32"
+
+
+def fill_ds_config(ds: dict, run: RunConfig, world_size: int, device_type: str = "cpu",
+                   bf16_ok: bool = False, where: str = "ds_config") -> dict:
+    """A copy of `ds` with every shared value taken from `run`; raises ConfigError on contradictions."""
+    ds = copy.deepcopy(ds)
+    t = run.train
+    accum = run.accumulation(world_size)
+    _fill(ds, "train_micro_batch_size_per_gpu", run.data.batch_size, "data.batch_size", where)
+    _fill(ds, "gradient_accumulation_steps", accum,
+          f"train.batch_size / (data.batch_size x {world_size} ranks)", where)
+    _fill(ds, "train_batch_size", t.batch_size, "train.batch_size", where)
+    _fill(ds, "gradient_clipping", t.clip_grad, "train.clip_grad", where)
+    opt = ds.setdefault("optimizer", {"type": "AdamW"})
+    params = opt.setdefault("params", {})
+    for key, value, name in [("lr", t.lr, "train.lr"), ("betas", t.betas, "train.betas"),
+                             ("eps", t.eps, "train.eps"),
+                             ("weight_decay", t.weight_decay, "train.weight_decay")]:
+        _fill(params, key, value, name, f"{where} optimizer.params")
+    sched = ds.get("scheduler")
+    if sched is not None:  # a DeepSpeed scheduler instead of ours (schedule.py): the same numbers
+        known = {"warmup_num_steps": (t.warmup_steps, "train.warmup_steps"),
+                 "total_num_steps": (t.steps, "train.steps"), "warmup_max_lr": (t.lr, "train.lr")}
+        sp = sched.setdefault("params", {})
+        for key in SCHEDULER_KEYS.get(sched.get("type"), ()):
+            _fill(sp, key, *known[key], f"{where} scheduler.params")
+    resolve_precision(ds, run, device_type, bf16_ok, where)
+    ds.setdefault("steps_per_print", 10**9)  # our progress display reports; keep DeepSpeed quiet
+    leftovers = [k for k, v in _walk(ds) if v == AUTO]
+    if leftovers:
+        raise ConfigError(f"{where}: no run-config value to fill {leftovers}; write explicit values")
+    return ds
+
+
+def _walk(d: Any, prefix: str = ""):
+    if isinstance(d, dict):
+        for k, v in d.items():
+            yield from _walk(v, f"{prefix}{k}.")
+    else:
+        yield prefix.rstrip("."), d
+
+
+def load_ds_config(path: str | Path, run: RunConfig, world_size: int, device_type: str = "cpu",
+                   bf16_ok: bool = False) -> dict:
+    path = Path(path)
+    try:
+        ds = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ConfigError(f"cannot read DeepSpeed config {path}: {e}") from e
+    return fill_ds_config(ds, run, world_size, device_type, bf16_ok, where=str(path))

@@ -1,0 +1,101 @@
+"""DeepSpeed set-up: the process group (any launcher, or none), the device, and the engine.
+
+The same program runs under `deepspeed`, `torchrun` and plain `python`: without a launcher this
+process is rank 0 of 1 (RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR/MASTER_PORT are filled in, otherwise
+DeepSpeed would try MPI discovery). Backend: nccl on GPUs, gloo on CPU (DeepSpeed's CPU accelerator).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+
+import torch
+
+from mixvlp_ds.train.config import TrainConfig
+from mixvlp_ds.train.schedule import build_scheduler
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int
+    world_size: int
+    local_rank: int
+    local_world_size: int
+    node_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init_distributed() -> DistInfo:
+    """Join (or create) the process group; idempotent."""
+    if "RANK" not in os.environ:  # plain `python`: one process
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1")
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    cuda = torch.cuda.is_available() and os.environ.get("DS_ACCELERATOR", "cuda") != "cpu"
+    if not cuda:
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    import deepspeed
+
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("LOCAL_SIZE", "0")) or 0)
+    if not local_world:
+        local_world = torch.cuda.device_count() if cuda else world
+    if cuda:
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    else:
+        device = torch.device("cpu")
+    if not torch.distributed.is_initialized():
+        deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo")
+    # torchrun/deepspeed export GROUP_RANK / NODE_RANK; otherwise contiguous ranks per node
+    node_rank = int(os.environ.get("GROUP_RANK", os.environ.get("NODE_RANK", rank // max(1, local_world))))
+    return DistInfo(rank, world, local_rank, local_world, node_rank, device)
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on matrices only; biases, norms and embeddings' norms are not decayed (as in MAE)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim < 2 or name.endswith(".bias") else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_engine(model: torch.nn.Module, ds_config: dict, train: TrainConfig):
+    """deepspeed.initialize with our schedule unless the DS config names its own scheduler."""
+    import deepspeed
+
+    scheduler = None
+    if "scheduler" not in ds_config:
+        def scheduler(opt):
+            return build_scheduler(opt, train.warmup_steps, train.steps, train.decay, train.min_lr_ratio)
+    groups = param_groups(model, train.weight_decay)
+    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=groups, config=ds_config,
+                                           lr_scheduler=scheduler)
+    return engine
+
+
+def peak_flops(device: torch.device, precision: str, override_tflops: float = 0.0) -> float:
+    """Peak FLOP/s of one device for MFU: the config's value, else a table of dense bf16 peaks."""
+    if override_tflops:
+        return override_tflops * 1e12
+    if device.type != "cuda":
+        return 0.0  # MFU is not meaningful on CPU
+    name = torch.cuda.get_device_name(device)
+    table = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12, "V100": 125e12}
+    peak = next((v for k, v in table.items() if k in name), 0.0)
+    return peak if precision != "fp32" else peak / 16  # without tensor-core bf16: a rough scale

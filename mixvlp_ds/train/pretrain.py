@@ -1,0 +1,194 @@
+"""The pre-training program.
+
+    deepspeed launchers/pretrain.py --deepspeed_config ds_configs/zero2.json --config configs/uwox_ms_b8.yaml
+    torchrun --nproc_per_node 2 launchers/pretrain.py --deepspeed_config ds_configs/cpu.json --config ...
+    python launchers/pretrain.py --config configs/tiny_cpu.yaml train.steps=20 [key=value ...]
+    ... --ckpt-uri s3://bucket/runs/x            committed checkpoints on S3
+    ... --resume auto | s3://bucket/runs/x | runs/x/checkpoints
+
+Builds the model, the data pipeline and the DeepSpeed engine, resumes when asked, trains for
+train.steps optimizer steps, and checkpoints every train.ckpt_every steps and at the end (see
+resume.py for what a checkpoint holds, checkpoint_store.py for the S3 commit protocol).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from mixvlp_ds.train.config import RunConfig, load_run_config
+
+DS_CONFIGS = Path(__file__).resolve().parents[2] / "ds_configs"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    # option names must not be prefixes of torchrun's own (e.g. --start would clash with --start-method)
+    p = argparse.ArgumentParser(prog="launchers/pretrain.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", required=True, help="run config YAML (configs/*.yaml)")
+    p.add_argument("--deepspeed_config", "--deepspeed-config", default=None,
+                   help="DeepSpeed JSON (default: ds_configs/zero2.json on GPU, cpu.json on CPU)")
+    p.add_argument("--ckpt-uri", default=None, help="s3://bucket/prefix for committed checkpoints")
+    p.add_argument("--resume", default=None, help="auto | s3://bucket/prefix | local checkpoints dir")
+    p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.lr=3e-4 data.batch_size=8")
+    return p.parse_args(argv)
+
+
+def log0(info, msg: str) -> None:
+    if info.is_main:
+        print(msg, file=sys.stderr, flush=True)
+
+
+def find_resume(run: RunConfig, info, out_dir: Path) -> Path | None:
+    """Each node's local rank 0 fetches and verifies the checkpoint; all ranks must agree on it."""
+    from mixvlp_ds.train.checkpoint_store import fetch_for_resume, step_of
+
+    source = run.train.ckpt_uri if run.train.resume == "auto" else run.train.resume
+    dest = out_dir / "resume" / f"node{info.node_rank}"
+    chosen = dest / "CHOSEN.json"
+    if info.local_rank == 0:
+        dest.mkdir(parents=True, exist_ok=True)
+        found = fetch_for_resume(source, dest,
+                                 log=lambda m: print(f"[rank {info.rank}] {m}", file=sys.stderr, flush=True))
+        if found is None and run.train.resume != "auto":
+            raise FileNotFoundError(f"--resume {source}: no committed checkpoint there")
+        chosen.write_text(json.dumps({"dir": str(found[0]) if found else None}))
+    dist.barrier()
+    picked = json.loads(chosen.read_text())["dir"]
+    steps = [None] * info.world_size
+    dist.all_gather_object(steps, step_of(Path(picked).name) if picked else -1)
+    if len(set(steps)) != 1:
+        raise RuntimeError(f"ranks chose different checkpoints to resume from: steps {steps}")
+    if picked is None:
+        log0(info, f"[resume] nothing committed at {source} yet: starting from scratch")
+        return None
+    return Path(picked)
+
+
+def build(run: RunConfig, info):
+    """Tokenizer, model (same initial weights on every rank), data loader."""
+    from mixvlp_ds.data import build_pretrain_loader
+    from mixvlp_ds.model import MixVLP
+    from mixvlp_ds.text.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(run.tokenizer)
+    if len(tokenizer) > run.model.vocab_size:
+        raise ValueError(f"tokenizer {run.tokenizer} has {len(tokenizer)} tokens > model.vocab_size="
+                         f"{run.model.vocab_size}")
+    torch.manual_seed(run.train.seed)  # identical initialisation everywhere (ZeRO-3 partitions it as is)
+    model = MixVLP(run.model)
+    loader = build_pretrain_loader(run.data, tokenizer, info.rank, info.world_size, seed=run.train.seed)
+    return tokenizer, model, loader
+
+
+def main(argv: list[str] | None = None) -> dict:
+    import numpy as np
+
+    from mixvlp_ds.model import flops_per_sample
+    from mixvlp_ds.train.checkpoint_store import CheckpointUploader
+    from mixvlp_ds.train.ds_config import load_ds_config
+    from mixvlp_ds.train.engine import build_engine, init_distributed, peak_flops
+    from mixvlp_ds.train.loop import LoopState, train
+    from mixvlp_ds.train.metrics import MetricsSink, summarize
+    from mixvlp_ds.train.progress import Progress
+    from mixvlp_ds.train.resume import restore_training_state, save_training_state
+
+    args = parse_args(argv)
+    overrides = list(args.overrides)
+    if args.ckpt_uri is not None:
+        overrides.append(f"train.ckpt_uri={args.ckpt_uri}")
+    if args.resume is not None:
+        overrides.append(f"train.resume={args.resume}")
+    run = load_run_config(args.config, overrides)
+    info = init_distributed()
+    t = run.train
+    default_ds = "cpu.json" if info.device.type == "cpu" else "zero2.json"
+    ds_path = args.deepspeed_config or DS_CONFIGS / default_ds
+    bf16_ok = info.device.type == "cuda" and torch.cuda.is_bf16_supported()
+    ds_config = load_ds_config(ds_path, run, info.world_size, info.device.type, bf16_ok)
+    out_dir, root = Path(t.output_dir), Path(t.output_dir) / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+
+    tokenizer, model, loader = build(run, info)
+    engine = build_engine(model, ds_config, t)
+    torch.manual_seed(t.seed * 1000 + info.rank)  # masking/dropout differ per rank from here on
+    np.random.seed((t.seed * 1000 + info.rank) % 2**32)
+    state = LoopState()
+    if t.resume:
+        tag_dir = find_resume(run, info, out_dir)
+        if tag_dir is not None:
+            state = restore_training_state(engine, tag_dir, loader, info)
+            log0(info, f"[resume] continuing from {tag_dir} at step {state.step}")
+    uploader = None
+    if t.ckpt_uri:
+        uploader = CheckpointUploader(root, t.ckpt_uri, info.rank, info.world_size, t.keep_last,
+                                      backoff=t.upload_backoff, upload_timeout=t.upload_timeout,
+                                      log=lambda m: print(m, file=sys.stderr, flush=True))
+    precision = "bf16" if ds_config["bf16"]["enabled"] else "fp16" if ds_config["fp16"]["enabled"] else "fp32"
+    sink = None
+    if info.is_main:
+        resolved = {"run": _plain(run), "deepspeed": ds_config}
+        (out_dir / "run_config.json").write_text(json.dumps(resolved, indent=1))
+        progress = Progress(t.steps, t.log_every, live=None if t.progress else False, start_step=state.step)
+        sink = MetricsSink(out_dir, t.steps, flops_per_sample(run.model),
+                           peak_flops(info.device, precision, t.peak_tflops), info.world_size, progress,
+                           t.tensorboard)
+        log0(info, f"[train] {info.world_size} rank(s) on {info.device.type}, {precision}, ZeRO stage "
+                   f"{ds_config.get('zero_optimization', {}).get('stage', 0)}, global batch {t.batch_size} = "
+                   f"{run.data.batch_size} x {engine.gradient_accumulation_steps()} accum x "
+                   f"{info.world_size}, "
+                   f"steps {state.step} -> {t.steps}")
+
+    def on_step(st: LoopState, total) -> None:
+        if sink is not None:
+            sink.log(st.step, summarize(total, info.world_size), engine.get_lr()[0],
+                     {"skipped_nonfinite": st.skipped_nonfinite})
+        if st.step % t.ckpt_every == 0 or st.step == t.steps:
+            save_training_state(engine, root, st.step, run, ds_config, run.tokenizer, loader, st, info,
+                                uploader, log=lambda m: log0(info, m))
+
+    def on_batch(batch: dict) -> None:
+        if sink is not None:
+            sink.see_batch(batch)
+
+    try:
+        state = train(engine, loader, state, t.steps, t.max_nonfinite_in_row, run.model.num_patches,
+                      on_step, on_batch)
+        export_model(engine, ds_config, out_dir / "model", tokenizer, info)
+    finally:
+        if sink is not None:
+            sink.close()
+        if uploader is not None and uploader.busy():
+            log0(info, f"[checkpoint] waiting for the upload of {uploader.pending_tag} to finish")
+            uploader.wait()
+    return {"step": state.step, "skipped_nonfinite": state.skipped_nonfinite, "output_dir": str(out_dir),
+            "upload_errors": list(uploader.errors) if uploader else [],
+            "committed": list(uploader.committed) if uploader else []}
+
+
+def export_model(engine, ds_config: dict, directory: Path, tokenizer, info) -> None:
+    """The final weights as a plain MixVLP directory (from_pretrained) for fine-tuning; ZeRO-3
+    gathers the partitioned parameters first (a collective: every rank enters)."""
+    stage = ds_config.get("zero_optimization", {}).get("stage", 0)
+    ctx = contextlib.nullcontext()
+    if stage == 3:
+        import deepspeed
+
+        ctx = deepspeed.zero.GatheredParameters(list(engine.module.parameters()), modifier_rank=None)
+    with ctx:
+        if info.is_main:
+            engine.module.save_pretrained(directory, tokenizer)
+    dist.barrier()
+
+
+def _plain(run: RunConfig) -> dict:
+    from mixvlp_ds.config import to_dict
+
+    return to_dict(run)

@@ -1,0 +1,68 @@
+"""DeepSpeed JSON "auto" filling from the run config, and contradictions named with both values."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from mixvlp_ds.config import ConfigError
+from mixvlp_ds.train.config import load_run_config
+from mixvlp_ds.train.ds_config import fill_ds_config, load_ds_config
+from mixvlp_ds.train.schedule import lr_factor
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = REPO / "configs" / "tiny_cpu.yaml"
+
+
+def run(*overrides):
+    return load_run_config(TINY, ["tokenizer=x", *overrides])
+
+
+@pytest.mark.parametrize("name", ["zero2", "zero3", "zero2_offload", "fp16", "cpu"])
+def test_every_shipped_config_fills(name):
+    r = run("train.lr=3e-4", "train.batch_size=64", "data.batch_size=8", "train.clip_grad=0.5")
+    ds = load_ds_config(REPO / "ds_configs" / f"{name}.json", r, world_size=4, device_type="cuda", bf16_ok=True)
+    assert ds["train_batch_size"] == 64 and ds["train_micro_batch_size_per_gpu"] == 8
+    assert ds["gradient_accumulation_steps"] == 2  # 64 / (8 x 4)
+    assert ds["gradient_clipping"] == 0.5
+    assert ds["optimizer"]["params"]["lr"] == 3e-4 and ds["optimizer"]["params"]["betas"] == [0.9, 0.999]
+    assert "auto" not in json.dumps(ds)
+    assert ds["fp16"]["enabled"] == (name == "fp16")
+    assert ds["bf16"]["enabled"] == (name in ("zero2", "zero3", "zero2_offload"))
+
+
+def test_cpu_auto_precision_is_fp32_and_explicit_precision_contradiction():
+    ds = load_ds_config(REPO / "ds_configs" / "zero3.json", run(), 2, "cpu")
+    assert not ds["bf16"]["enabled"] and not ds["fp16"]["enabled"]
+    with pytest.raises(ConfigError, match=r"bf16.enabled=True contradicts.*train.precision='fp32'"):
+        load_ds_config(REPO / "ds_configs" / "zero2.json", run("train.precision=fp32"), 1, "cuda", True)
+    ds = load_ds_config(REPO / "ds_configs" / "zero3.json", run("train.precision=bf16"), 1, "cpu")
+    assert ds["bf16"]["enabled"]
+
+
+def test_contradictions_name_both_values():
+    r = run("train.batch_size=64", "data.batch_size=8")
+    with pytest.raises(ConfigError, match=r"train_batch_size=128 contradicts the run config "
+                                          r"\(train.batch_size=64\)"):
+        fill_ds_config({"train_batch_size": 128}, r, world_size=8)
+    with pytest.raises(ConfigError, match=r"lr=0.001 contradicts the run config \(train.lr=0.0001\)"):
+        fill_ds_config({"optimizer": {"type": "AdamW", "params": {"lr": 1e-3}}}, run("train.lr=1e-4"), 2)
+    with pytest.raises(ConfigError, match="gradient_accumulation_steps=4"):
+        fill_ds_config({"gradient_accumulation_steps": 4}, r, world_size=8)
+    with pytest.raises(ConfigError, match="not a multiple of data.batch_size=8 x world size 3"):
+        fill_ds_config({}, r, world_size=3)
+    # agreeing explicit values are fine; a DeepSpeed scheduler gets the run's numbers
+    ds = fill_ds_config({"train_batch_size": 64, "scheduler": {"type": "WarmupCosineLR", "params": {}}},
+                        run("train.batch_size=64", "train.warmup_steps=7", "train.steps=99"), world_size=8)
+    assert ds["scheduler"]["params"] == {"warmup_num_steps": 7, "total_num_steps": 99}
+
+
+def test_schedule_warmup_then_decay():
+    f = [lr_factor(s, 10, 110, "cosine", 0.1) for s in range(111)]
+    assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(f[10:], f[11:], strict=False))
+    assert f[110] == pytest.approx(0.1) and f[60] == pytest.approx(0.55)
+    assert lr_factor(60, 10, 110, "linear") == pytest.approx(0.5)
+    assert lr_factor(500, 10, 110, "constant") == 1.0
