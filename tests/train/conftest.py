@@ -70,4 +70,5 @@ def train_assets(tmp_path_factory) -> dict:
     cfg["data"]["sources"] = [{"name": "a", "uri": str(root / "a"), "role": "paired"},
                               {"name": "b", "uri": str(root / "b"), "role": "image_only"}]
     (root / "run.yaml").write_text(yaml.safe_dump(cfg))
-    return {"shards": {"a": root / "a", "b": root / "b"}, "tokenizer": root / "tok", "config": root / "run.yaml"}
+    return {"shards": {"a": root / "a", "b": root / "b"}, "tokenizer": root / "tok",
+            "config": root / "run.yaml"}

@@ -70,7 +70,8 @@ def test_commit_protocol_multipart_and_retention(tmp_path, s3_bucket):
     manifest = s3.committed_manifest(tag)
     assert sorted(e["path"] for e in manifest["files"]) == sorted(
         list(FILES) + ["zero_pp_rank_1_mp_rank_00_model_states.pt"])
-    big = s3.client.head_object(Bucket=s3_bucket, Key=f"runs/a/{tag}/zero_pp_rank_1_mp_rank_00_model_states.pt")
+    big = s3.client.head_object(Bucket=s3_bucket,
+                                Key=f"runs/a/{tag}/zero_pp_rank_1_mp_rank_00_model_states.pt")
     assert "-" in big["ETag"]  # multipart upload
     for step in (20, 30):
         upload_all(ups, fake_checkpoint(tmp_path, step))
@@ -118,7 +119,8 @@ def test_truncated_file_falls_back_to_previous(tmp_path, s3_bucket):
 def test_server_outage_during_upload(tmp_path, s3_server, s3_bucket):
     uri = f"s3://{s3_bucket}/r"
     logs = []
-    up = CheckpointUploader(tmp_path, uri, rank=0, world_size=1, backoff=0.2, max_backoff=1.0, log=logs.append)
+    up = CheckpointUploader(tmp_path, uri, rank=0, world_size=1, backoff=0.2, max_backoff=1.0,
+                            log=logs.append)
     up.submit(fake_checkpoint(tmp_path, 1))
     assert up.wait(30)
     s3_server.stop()

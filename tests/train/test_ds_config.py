@@ -23,7 +23,8 @@ def run(*overrides):
 @pytest.mark.parametrize("name", ["zero2", "zero3", "zero2_offload", "fp16", "cpu"])
 def test_every_shipped_config_fills(name):
     r = run("train.lr=3e-4", "train.batch_size=64", "data.batch_size=8", "train.clip_grad=0.5")
-    ds = load_ds_config(REPO / "ds_configs" / f"{name}.json", r, world_size=4, device_type="cuda", bf16_ok=True)
+    ds = load_ds_config(REPO / "ds_configs" / f"{name}.json", r, world_size=4, device_type="cuda",
+                        bf16_ok=True)
     assert ds["train_batch_size"] == 64 and ds["train_micro_batch_size_per_gpu"] == 8
     assert ds["gradient_accumulation_steps"] == 2  # 64 / (8 x 4)
     assert ds["gradient_clipping"] == 0.5
