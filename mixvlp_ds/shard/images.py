@@ -15,7 +15,8 @@ Conversions (each one is what a radiologist would call the same image, in 8 bits
 - DICOM (pydicom): Modality LUT (Rescale Slope / Intercept), then the VOI window (first
   WindowCenter / WindowWidth, DICOM PS3.3 C.11.2.1.2 linear function) when present, else
   min-max; MONOCHROME1 (white = low values) is inverted so that bone is always bright.
-  Multi-frame objects use the first frame. `orig_bit_depth` is BitsStored.
+  Multi-frame objects use the first frame. `orig_bit_depth` is BitsStored. Only the LINEAR VOI
+  function is implemented; a VOI LUT Sequence without a window falls back to min-max.
 
 A truncated or unreadable file raises `ImageDecodeError` naming the file and the reason: PIL's
 `ImageFile.LOAD_TRUNCATED_IMAGES` is forced off while decoding (the global is restored after),
