@@ -32,7 +32,7 @@ import os
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageFile
+from PIL import Image, ImageFile, UnidentifiedImageError
 
 _DICOM_SUFFIXES = (".dcm", ".dicom", ".dic")
 
@@ -105,6 +105,8 @@ def _decode_pil(data: bytes, path: str, min_side: int | None) -> tuple[np.ndarra
                 if scale >= 2:
                     im.draft(im.mode, (int(w / scale) + 1, int(h / scale) + 1))
             im.load()
+        except UnidentifiedImageError as e:  # its message holds a memory address: keep rejects reproducible
+            raise ImageDecodeError(path, "not_an_image", "no image format recognised (PIL)") from e
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
             raise ImageDecodeError(path, _reason(e), f"{type(e).__name__}: {e}") from e
     if getattr(im, "n_frames", 1) > 1:
@@ -116,8 +118,6 @@ def _reason(e: Exception) -> str:
     msg = str(e).lower()
     if "truncated" in msg or "broken data stream" in msg or "premature end" in msg:
         return "truncated_image"
-    if "cannot identify image file" in msg:
-        return "not_an_image"
     return "undecodable_image"
 
 

@@ -107,6 +107,9 @@ def test_bad_inputs_are_converted_or_rejected_with_file_and_reason(tmp_path):
     metas = [json.loads(s["meta.json"]) for s in wds.WebDataset(
         [str(tmp_path / "out" / f["file"]) for f in index["splits"]["train"]["shards"]], shardshuffle=False)]
     assert [m["orig_bit_depth"] for m in metas] == [16, 8, 8, 8]
+    # One worker gives the same shards and the same rejects.jsonl, line for line.
+    write_dataset(src, tmp_path / "out1", ShardOptions(image_size=32, workers=1, chunksize=3))
+    assert files(tmp_path / "out1") == files(tmp_path / "out")
 
 
 def test_nothing_written_is_an_error_that_says_what_was_expected(tmp_path):
