@@ -221,6 +221,11 @@ def _progress(enabled: bool):
                     TextColumn("{task.fields[status]}"), TimeElapsedColumn(), transient=False)
 
 
+def _show(bar, task, n: int, counts: dict, rejects: RejectLog) -> None:
+    done = sum(c["samples"] for c in counts.values())
+    bar.update(task, completed=n, status=f"written {done}, rejected {rejects.total}")
+
+
 def write_dataset(source, out_dir: str | Path, opts: ShardOptions | None = None) -> dict:
     """Write every record of `source` as shards under `out_dir`; returns the summary dict
     {"out_dir", "format", "source", "institution", "index", "rejects_file", "splits": {split:
@@ -260,9 +265,10 @@ def write_dataset(source, out_dir: str | Path, opts: ShardOptions | None = None)
                 else:
                     _, reason, file, key, detail = res
                     rejects.reject(reason, file, key, detail)
-                if bar is not None and (n % 16 == 0 or total == n):
-                    done = sum(c["samples"] for c in counts.values())
-                    bar.update(task, completed=n, status=f"written {done}, rejected {rejects.total}")
+                if bar is not None and n % 16 == 0:
+                    _show(bar, task, n, counts, rejects)
+            if bar is not None:
+                _show(bar, task, sum(c["samples"] for c in counts.values()) + rejects.total, counts, rejects)
         split_files = {}
         for split in sorted(writers):
             shards = writers[split].close()
