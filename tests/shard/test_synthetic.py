@@ -7,10 +7,14 @@ import argparse
 import hashlib
 import math
 import multiprocessing as mp
+import os
 import pickle
 import re
+import subprocess
+import sys
 from collections import Counter
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,6 +27,8 @@ from mixvlp_ds.shard.synth.acquisition import canvas_for, sample_exposure
 from mixvlp_ds.shard.synth.findings import Finding
 from mixvlp_ds.shard.synth.institutions import DRAWN, PRESETS, expected_rates
 from mixvlp_ds.shard.synth.record import render_study, rng_for, sample_study
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _digest(preset: str, index: int, seed: int = 0, institution: str | None = None) -> str:
@@ -47,6 +53,19 @@ def test_same_arguments_give_identical_records_in_any_order_and_process():
         in_workers = pool.map(_digest_args, jobs, chunksize=1)
     assert here == backwards == in_workers
     assert len(set(here)) == len(here)
+
+
+def test_blas_thread_count_does_not_change_pixels():
+    code = (
+        "import hashlib; from mixvlp_ds.shard.sources.synthetic import make_record; "
+        "print(' '.join(hashlib.sha256(make_record('nih-like', i, 1)[0].tobytes()).hexdigest() "
+        "for i in range(3)))"
+    )
+    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert out == [hashlib.sha256(make_record("nih-like", i, 1)[0].tobytes()).hexdigest() for i in range(3)]
 
 
 def test_seed_and_institution_change_the_records():

@@ -69,14 +69,14 @@ def film_curve(exp: Exposure) -> np.ndarray:
     grey = (1.0 - np.exp(-1.2 * exp.exposure * np.clip(a, 0.0, None))) / sat
     grey = (grey - 0.5) * exp.contrast + 0.5 + exp.brightness
     grey = np.clip(grey, 0.0, 1.0) ** exp.gamma
-    return (grey * 255.0).astype(F32)
+    return (grey * 255.0 + 0.5).astype(F32)  # + 0.5: the final cast to uint8 then rounds
 
 
 def develop(A: np.ndarray, exp: Exposure, rng: np.random.Generator) -> np.ndarray:
     """Attenuation (H, W) -> uint8 radiograph (H, W): film curve, detector noise, side marker.
 
     The film curve is a 4096-entry lookup table (one pass instead of exp + pow over the image); the
-    noise is triangular (sum of two random bytes), as cheap as noise gets and visually Gaussian.
+    noise is triangular (sum of two random bytes): cheap, and it looks Gaussian.
     """
     idx = A - F32(_LUT_LO)
     idx *= F32((_LUT_N - 1) / (_LUT_HI - _LUT_LO))
@@ -84,14 +84,16 @@ def develop(A: np.ndarray, exp: Exposure, rng: np.random.Generator) -> np.ndarra
     img = film_curve(exp).take(idx.astype(np.int32))
     if exp.marker:
         _marker(img, exp.marker)
+    # Triangular noise: two random bytes summed (std ~104.5 grey levels before scaling), streamed
+    # through the image in order (a table gather would thrash the cache); centred on zero.
     n = img.size
     raw = np.frombuffer(rng.bytes(2 * n), dtype=np.uint8)
-    noise = raw[:n].astype(np.int16)
+    scale = F32(exp.noise * 255.0 / 104.5)
+    noise = raw[:n].astype(F32)
     noise += raw[n:]
-    noise -= 255
-    # Var of one uniform byte is (256^2 - 1) / 12; two of them: std ~ 104.5 grey levels.
-    img += noise.reshape(img.shape) * F32(exp.noise * 255.0 / 104.5)
-    img += F32(0.5)
+    noise *= scale
+    img += noise.reshape(img.shape)
+    img -= F32(255.0) * scale
     np.clip(img, 0.0, 255.0, out=img)
     return img.astype(np.uint8)
 

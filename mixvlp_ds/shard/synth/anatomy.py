@@ -130,24 +130,30 @@ def draw_chest(canvas: Canvas, anat: Anatomy, rng: np.random.Generator) -> tuple
     au = np.abs(u)
 
     # Soft tissue: a cylinder-like thickness profile, narrowing to the neck above the shoulders.
-    shoulder = np.clip((v + 1.1) / 0.45, 0.0, 1.0)
-    half_w = anat.body_w * (0.34 + 0.66 * np.sqrt(shoulder))  # (H, 1)
-    t = u * (1.0 / half_w)
-    np.multiply(t, t, out=t)
-    np.subtract(1.0, t, out=t)
-    np.clip(t, 0.0, 1.0, out=t)
-    A = np.sqrt(t, out=t)
-    A *= F32(anat.tissue)
+    # Below the shoulders the profile is the same on every row: one broadcast copy.
+    A = np.empty((h, w), F32)
+    top = canvas.rows(-9.0, -0.65).stop
+    for rows in (slice(0, top), slice(top, h)):
+        vr = v[rows] if rows.start == 0 else np.zeros((1, 1), F32)
+        half_w = anat.body_w * (0.34 + 0.66 * np.sqrt(np.clip((vr + 1.1) / 0.45, 0.0, 1.0)))
+        t = u * (1.0 / half_w)
+        t = np.sqrt(np.clip(1.0 - t * t, 0.0, 1.0)) * F32(anat.tissue)
+        A[rows] = t
 
-    # Lungs, one side at a time (each half of the image has its own diaphragm and mediastinum edge).
+    # Lungs, one side at a time (each half of the image has its own diaphragm and mediastinum edge),
+    # computed inside the box that can hold lung only.
     lung = np.zeros((h, w), F32)
-    for side, cs in (("right", canvas.cols(-9.0, 0.0)), ("left", canvas.cols(0.0, 9.0))):
-        d = lung_bounds(anat, side, au[:, cs], v)
+    lowest = max(costophrenic_v(anat, "right"), costophrenic_v(anat, "left"))
+    box_rows = canvas.rows(anat.apex_v - 0.05, lowest + 0.05)
+    reach = anat.lung_w + 0.05
+    halves = (("right", canvas.cols(-reach, 0.0)), ("left", canvas.cols(0.0, reach)))
+    for side, cs in halves:
+        d = lung_bounds(anat, side, au[:, cs], v[box_rows])
         inner = np.clip(d * F32(1.0 / 0.18), 0.0, 1.0)  # thicker lung centrally: darker
         inner *= F32(0.3)
         inner += F32(0.7)
         inner *= ramp(d, 0.025)
-        lung[:, cs] = inner
+        lung[box_rows, cs] = inner
 
     # The heart hides the lung behind it (mostly).
     rs, cs, bu, bv = canvas.box(
@@ -156,16 +162,20 @@ def draw_chest(canvas: Canvas, anat: Anatomy, rng: np.random.Generator) -> tuple
     lung[rs, cs] *= 1.0 - 0.85 * heart_mask(anat, bu, bv)
 
     # Lung markings: vessels branching from the hila, fading towards the periphery.
-    vessels = smooth_field(rng, (h, w), 22)
-    np.abs(vessels, out=vessels)
-    vessels *= F32(-3.0)
-    vessels += F32(1.0)
-    np.clip(vessels, 0.0, 1.0, out=vessels)
-    vessels *= vessels
-    radial = (np.exp(-np.abs(au - 0.2) / 0.35) * np.exp(-np.abs(v + 0.02) / 0.55)).astype(F32)
-    vessels *= radial
-    vessels *= F32(0.18)
-    vessels *= lung
+    box_cols = canvas.cols(-anat.lung_w - 0.05, anat.lung_w + 0.05)
+    bh, bw = box_rows.stop - box_rows.start, box_cols.stop - box_cols.start
+    field = smooth_field(rng, (bh, bw), 18)
+    np.abs(field, out=field)
+    field *= F32(-3.0)
+    field += F32(1.0)
+    np.clip(field, 0.0, 1.0, out=field)
+    field *= field
+    bu, bv = au[:, box_cols], v[box_rows]
+    field *= (np.exp(-np.abs(bu - 0.2) / 0.35) * F32(0.18)).astype(F32)
+    field *= np.exp(-np.abs(bv + 0.02) / 0.55).astype(F32)
+    field *= lung[box_rows, box_cols]
+    vessels = np.zeros((h, w), F32)
+    vessels[box_rows, box_cols] = field
     A -= F32(anat.air) * lung
     for sign in (-1.0, 1.0):  # hilar shadows: pulmonary arteries and bronchi
         _blob(canvas, A, sign * 0.21, -0.04, 0.09, 0.16, 0.11)
@@ -231,8 +241,9 @@ def draw_ribs(canvas: Canvas, A: np.ndarray, anat: Anatomy) -> None:
     u, v = canvas.u, canvas.v
     cage = anat.lung_w + 0.07
     rs = canvas.rows(anat.apex_v - 0.12, max(anat.dome_r, anat.dome_l) + 0.35)
+    cs = canvas.cols(-cage - 0.03, cage + 0.03)
     sv = v[rs]
-    au = np.abs(u)
+    au = np.abs(u[:, cs])
     col_in = ramp(cage - au, 0.04) * ramp(au - 0.07, 0.04)  # (1, W)
     row_in = ramp(sv - (anat.apex_v - 0.08), 0.06)  # (H', 1)
     post = rib_pattern(au, sv, anat, posterior=True)
@@ -241,7 +252,7 @@ def draw_ribs(canvas: Canvas, A: np.ndarray, anat: Anatomy) -> None:
     ant *= col_in * ramp(au - 0.35, 0.15) * F32(0.04)
     post += ant
     post *= row_in
-    A[rs] += post
+    A[rs, cs] += post
 
 
 def _clavicles(canvas: Canvas, A: np.ndarray, anat: Anatomy) -> None:
