@@ -67,3 +67,16 @@ def test_schedule_warmup_then_decay():
     assert f[110] == pytest.approx(0.1) and f[60] == pytest.approx(0.55)
     assert lr_factor(60, 10, 110, "linear") == pytest.approx(0.5)
     assert lr_factor(500, 10, 110, "constant") == 1.0
+
+
+def test_every_run_config_loads_and_matches_the_paper():
+    expected = {"uwox_ms_b8": 1029, "unit_ms_b8": 1029, "uwox_ms_b16": 336, "uwox_ms_b24": 189,
+                "uwox_ms_b32": 84, "aiayn_image_ss_b16": 256}
+    for path in sorted((REPO / "configs").glob("*.yaml")):
+        r = load_run_config(path)
+        assert r.data.image_size == r.model.image_size, path
+        if path.stem in expected:
+            assert r.model.num_patches == expected[path.stem], path
+        if path.stem != "tiny_cpu":
+            assert (r.train.lr, r.train.batch_size, r.model.hidden, r.model.layers) == (1e-4, 64, 768, 12)
+            assert r.model.text_mask_ratio == 0.15 and r.data.max_text_len == 150
