@@ -49,3 +49,12 @@ def make_batch(cfg: ModelConfig, b: int = 4, seed: int = 0, text_len: int = 12,
 @pytest.fixture
 def batch_factory():
     return make_batch
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread; the 2-core test machine is shared."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
