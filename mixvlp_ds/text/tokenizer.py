@@ -59,8 +59,17 @@ def iter_shard_texts(shard_dirs: Iterable[str | Path], split: str = "train") -> 
 
     for d in shard_dirs:
         d = Path(d)
-        index = json.loads((d / "index.json").read_text())
-        for shard in index["splits"].get(split, {}).get("shards", []):
+        path = d / "index.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} does not exist: {d} is not a shard folder")
+        index = json.loads(path.read_text())
+        if index.get("format", "wds") != "wds":
+            raise ValueError(f"{path}: format {index.get('format')!r}; tokenizer training reads WebDataset "
+                             "shards (write a wds copy, or pass the texts to train_tokenizer)")
+        shards = index.get("splits", {}).get(split, {}).get("shards", [])
+        if not shards:
+            raise ValueError(f"{path}: split {split!r} has no shards")
+        for shard in shards:
             with tarfile.open(d / shard["file"]) as tar:
                 for member in tar:
                     if member.name.endswith(".txt"):

@@ -41,7 +41,8 @@ def make_batch(cfg: ModelConfig, b: int = 4, seed: int = 0, text_len: int = 12,
         "pyramid": pyramid, "has_image": has_image, "input_ids": ids, "attention_mask": att,
         "mlm_labels": labels, "has_text": has_text,
         "pair": torch.tensor(pair if pair is not None else [1.0, 0.0] * (b // 2) + [1.0] * (b % 2)),
-        "labels": torch.zeros(b, 0), "key": [f"k{i}" for i in range(b)], "text_key": [f"t{i}" for i in range(b)],
+        "labels": torch.zeros(b, 0), "key": [f"k{i}" for i in range(b)],
+        "text_key": [f"t{i}" for i in range(b)],
         "institution": ["x"] * b, "patient_id": [f"p{i}" for i in range(b)],
     }
 

@@ -11,7 +11,8 @@ from mixvlp_ds.model.export import export_text_encoder_hf
 
 def _tiny_bert(tmp_path, cfg, layers=None):
     torch.manual_seed(7)
-    bert_cfg = BertConfig(vocab_size=cfg.vocab_size, hidden_size=cfg.hidden, num_hidden_layers=layers or cfg.layers,
+    bert_cfg = BertConfig(vocab_size=cfg.vocab_size, hidden_size=cfg.hidden,
+                          num_hidden_layers=layers or cfg.layers,
                           num_attention_heads=cfg.heads, intermediate_size=cfg.intermediate,
                           max_position_embeddings=512)
     bert = BertForMaskedLM(bert_cfg)
@@ -27,9 +28,11 @@ def test_bert_init_round_trips(tmp_path, batch_factory):
     sd = bert.state_dict()
     q = model.encoder.blocks[1].attn.query.weight
     assert torch.equal(q, sd["bert.encoder.layer.1.attention.self.query.weight"])
-    assert torch.equal(model.encoder.blocks[0].ffn_norm.bias, sd["bert.encoder.layer.0.output.LayerNorm.bias"])
+    ln = sd["bert.encoder.layer.0.output.LayerNorm.bias"]
+    assert torch.equal(model.encoder.blocks[0].ffn_norm.bias, ln)
     assert torch.equal(model.text_embed.word.weight, sd["bert.embeddings.word_embeddings.weight"])
-    assert torch.equal(model.text_embed.position.weight, sd["bert.embeddings.position_embeddings.weight"][:150])
+    pos = sd["bert.embeddings.position_embeddings.weight"]
+    assert torch.equal(model.text_embed.position.weight, pos[:150])
     assert torch.equal(model.word_head.dense.weight, sd["cls.predictions.transform.dense.weight"])
     assert "encoder.blocks.1.attn.query.weight" in report.loaded
     assert "patch_embed.pixels.weight" in report.new and "uwox.block.attn.query.weight" in report.new

@@ -95,7 +95,8 @@ def test_pair_matching_ignores_padding(batch_factory):
     # more padding columns (a longer padded batch) changes nothing either
     wider = torch.nn.functional.pad(e_txt, (0, 0, 0, 3))
     wmask = torch.nn.functional.pad(mask, (0, 3))
-    assert torch.allclose(model.pair_head(e_txt, mask, e_img), model.pair_head(wider, wmask, e_img), atol=1e-6)
+    ref = model.pair_head(e_txt, mask, e_img)
+    assert torch.allclose(ref, model.pair_head(wider, wmask, e_img), atol=1e-6)
 
 
 def test_tiny_model_overfits_one_batch(batch_factory):

@@ -77,7 +77,8 @@ def test_one_encoder_receives_image_and_text_gradients(batch_factory):
     w = model.encoder.blocks[0].attn.query.weight
     for only in ("image", "text"):
         model.zero_grad()
-        b = dict(batch, has_image=torch.tensor([only == "image"] * 4), has_text=torch.tensor([only == "text"] * 4))
+        b = dict(batch, has_image=torch.tensor([only == "image"] * 4),
+                 has_text=torch.tensor([only == "text"] * 4))
         out = model(b, generator=torch.Generator().manual_seed(0))
         assert (out["n_img"] > 0) == (only == "image") and (out["n_txt"] > 0) == (only == "text")
         out["loss"].backward()
