@@ -295,10 +295,14 @@ class WdsRecords:
             streams = {}
             for name in sorted({r.source for r in refs}):
                 mine = [r for r in refs if r.source == name]
-                its = (rec for ref in mine for rec in iter_shard(ref, faults, self.institution[name],
-                                                                 cfg.s3_retries, cfg.s3_backoff))
-                streams[name] = (sum(r.num_samples for r in mine), its)
+                streams[name] = (sum(r.num_samples for r in mine), source_records(mine, name, faults))
             return interleave(streams, rng)
+
+        def source_records(mine: list[ShardRef], name: str, faults: FaultCounter) -> Iterator[Record]:
+            # A function, not a generator expression in the loop above: the expression would read
+            # `name` lazily and stamp every record with the last source's institution.
+            for ref in mine:
+                yield from iter_shard(ref, faults, self.institution[name], cfg.s3_retries, cfg.s3_backoff)
 
         return records
 

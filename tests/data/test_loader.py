@@ -34,6 +34,9 @@ def test_batches_follow_the_contract(tiny_shards, tokenizer):
     assert 0 < n_pair < 240
     assert all(set(x["shares"]) >= {"paired", "repaired", "institution/a"} for x in batches)
     assert sum(k.startswith("b/") for x in batches for k in x["key"]) == 160
+    # each row carries its own image's institution (not the last source's)
+    assert all(inst == k.split("/", 1)[0] for x in batches for k, inst in zip(x["key"], x["institution"],
+                                                                              strict=True))
     # re-paired rows carry another study's report
     for x in batches:
         for k, tk, p in zip(x["key"], x["text_key"], x["pair"].tolist(), strict=True):
