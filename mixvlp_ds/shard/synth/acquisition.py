@@ -74,11 +74,13 @@ def film_curve(exp: Exposure) -> np.ndarray:
 
 def develop(A: np.ndarray, exp: Exposure, rng: np.random.Generator) -> np.ndarray:
     """Attenuation (H, W) -> uint8 radiograph (H, W): film curve, detector noise, side marker.
+    A is overwritten.
 
     The film curve is a 4096-entry lookup table (one pass instead of exp + pow over the image); the
     noise is triangular (sum of two random bytes): cheap, and it looks Gaussian.
     """
-    idx = A - F32(_LUT_LO)
+    idx = A  # A is consumed: reuse its memory
+    idx -= F32(_LUT_LO)
     idx *= F32((_LUT_N - 1) / (_LUT_HI - _LUT_LO))
     np.clip(idx, 0, _LUT_N - 1, out=idx)
     img = film_curve(exp).take(idx.astype(np.int32))
@@ -90,7 +92,7 @@ def develop(A: np.ndarray, exp: Exposure, rng: np.random.Generator) -> np.ndarra
     raw = np.frombuffer(rng.bytes(2 * n), dtype=np.uint8)
     scale = F32(exp.noise * 255.0 / 104.5)
     noise = raw[:n].astype(F32)
-    noise += raw[n:]
+    noise += raw[n:].astype(F32)
     noise *= scale
     img += noise.reshape(img.shape)
     img -= F32(255.0) * scale

@@ -195,14 +195,16 @@ def _blob(canvas: Canvas, A: np.ndarray, uc: float, vc: float, ru: float, rv: fl
 
 
 def _trachea(canvas: Canvas, A: np.ndarray) -> None:
-    rs, cs, bu, bv = canvas.box(-0.3, 0.3, -1.4, -0.05)
-    col = ramp(0.045 - np.abs(bu - 0.01), 0.02)
-    row = ramp(-0.18 - bv, 0.06)
-    tube = col * row
-    for sign in (-1.0, 1.0):  # main bronchi
-        d = segment_distance(bu, bv, (0.01, -0.2), (0.01 + sign * 0.2, -0.06))
-        np.maximum(tube, ramp(0.03 - d, 0.02), out=tube)
-    A[rs, cs] -= 0.22 * tube
+    """The air column of the trachea down to the carina, and the two main bronchi."""
+    rs, cs, bu, bv = canvas.box(-0.06, 0.08, -1.4, -0.12)
+    A[rs, cs] -= F32(0.22) * ramp(0.045 - np.abs(bu - 0.01), 0.02) * ramp(-0.18 - bv, 0.06)
+    for sign in (-1.0, 1.0):
+        p0, p1 = (0.01, -0.2), (0.01 + sign * 0.2, -0.06)
+        rs, cs, bu, bv = canvas.box(min(p0[0], p1[0]) - 0.05, max(p0[0], p1[0]) + 0.05, -0.25, -0.01)
+        bronchus = ramp(0.03 - segment_distance(bu, bv, p0, p1), 0.02)
+        if sign > 0:  # where the two bronchi overlap at the carina, do not subtract the air twice
+            bronchus *= ramp(bu - 0.01, 0.02)
+        A[rs, cs] -= F32(0.22) * bronchus
 
 
 def _spine(canvas: Canvas, A: np.ndarray, anat: Anatomy) -> None:
@@ -256,14 +258,15 @@ def draw_ribs(canvas: Canvas, A: np.ndarray, anat: Anatomy) -> None:
 
 
 def _clavicles(canvas: Canvas, A: np.ndarray, anat: Anatomy) -> None:
+    """Two bones rising from the sternal notch to the shoulders: a band around a sloped line."""
     for sign in (-1.0, 1.0):
-        p0 = (sign * 0.1, anat.clavicle_v + 0.06)
-        p1 = (sign * 0.9, anat.clavicle_v - 0.14)
-        rs, cs, bu, bv = canvas.box(
-            min(p0[0], p1[0]) - 0.08, max(p0[0], p1[0]) + 0.08, p1[1] - 0.1, p0[1] + 0.1
-        )
-        d = segment_distance(bu, bv, p0, p1)
-        A[rs, cs] += 0.2 * ramp(0.035 - d, 0.02)
+        u0, u1 = sorted((sign * 0.1, sign * 0.9))
+        rs, cs, bu, bv = canvas.box(u0 - 0.03, u1 + 0.03, anat.clavicle_v - 0.25, anat.clavicle_v + 0.15)
+        centre = anat.clavicle_v + 0.06 - 0.25 * (np.abs(bu) - 0.1)  # (1, W)
+        ends = ramp(np.abs(bu) - 0.1, 0.04) * ramp(0.9 - np.abs(bu), 0.06)
+        band = ramp(0.035 - np.abs(bv - centre), 0.02)
+        band *= ends * F32(0.2)
+        A[rs, cs] += band
 
 
 def _breasts(canvas: Canvas, A: np.ndarray, anat: Anatomy) -> None:

@@ -75,7 +75,7 @@ def adjust_anatomy(anat: Anatomy, findings: dict[str, Finding]) -> Anatomy:
     if f := findings.get("Enlarged Cardiomediastinum"):
         anat = replace(anat, med_w=anat.med_w * (1.12 + 0.35 * f.severity), knob=anat.knob + 0.015)
     if f := findings.get("Atelectasis"):
-        lift = 0.03 + 0.05 * f.severity
+        lift = 0.01 + 0.04 * f.severity
         for s in sides(f):
             anat = replace(anat, **{f"dome_{s[0]}": getattr(anat, f"dome_{s[0]}") - lift})
     return anat
@@ -101,7 +101,7 @@ def pleural_effusion(canvas, A, lung, vessels, anat, f, rng) -> None:
     for s in sides(f):
         cs = canvas.cols(0.0, 9.0) if s == "left" else canvas.cols(-9.0, 0.0)
         au = np.abs(canvas.u[:, cs])
-        level = costophrenic_v(anat, s) - (0.03 + 0.4 * f.severity)  # fluid height at the chest wall
+        level = costophrenic_v(anat, s) - (0.0 + 0.35 * f.severity)  # fluid height at the chest wall
         surface = level + 0.9 * (anat.lung_w - au) ** 2 + 0.05  # (1, W): meniscus
         fluid = ramp(canvas.v - surface, 0.05) * ramp(anat.lung_w + 0.04 - au, 0.03)
         A[:, cs] += fluid * (F32(anat.air * 0.9) * lung[:, cs] + F32(0.06))
@@ -150,15 +150,15 @@ def _airspace(canvas, A, lung, anat, f, rng, density: float, coverage: float, wi
 
 
 def consolidation(canvas, A, lung, vessels, anat, f, rng) -> None:
-    _airspace(canvas, A, lung, anat, f, rng, density=0.3 + 0.35 * f.severity, coverage=0.6, width=0.8)
+    _airspace(canvas, A, lung, anat, f, rng, density=0.2 + 0.3 * f.severity, coverage=0.6, width=0.8)
 
 
 def pneumonia(canvas, A, lung, vessels, anat, f, rng) -> None:
-    _airspace(canvas, A, lung, anat, f, rng, density=0.25 + 0.3 * f.severity, coverage=0.4, width=1.5)
+    _airspace(canvas, A, lung, anat, f, rng, density=0.15 + 0.3 * f.severity, coverage=0.4, width=1.5)
 
 
 def lung_opacity(canvas, A, lung, vessels, anat, f, rng) -> None:
-    _airspace(canvas, A, lung, anat, f, rng, density=0.15 + 0.25 * f.severity, coverage=0.3, width=2.5)
+    _airspace(canvas, A, lung, anat, f, rng, density=0.1 + 0.25 * f.severity, coverage=0.3, width=2.5)
 
 
 def edema(canvas, A, lung, vessels, anat, f, rng) -> None:
@@ -166,7 +166,7 @@ def edema(canvas, A, lung, vessels, anat, f, rng) -> None:
     au = np.abs(canvas.u)
     col = np.exp(-(((au - 0.22) / 0.32) ** 2)).astype(F32)
     row = np.exp(-(((canvas.v + 0.0) / 0.45) ** 2)).astype(F32)
-    A += F32(anat.air * (0.06 + 0.2 * f.severity)) * (col * row) * lung
+    A += F32(anat.air * (0.04 + 0.16 * f.severity)) * (col * row) * lung
     vessels *= F32(1.1 + 0.5 * f.severity)
 
 
@@ -179,7 +179,7 @@ def atelectasis(canvas, A, lung, vessels, anat, f, rng) -> None:
             (sg * (0.22 + 0.1 * rng.random()), v0),
             (sg * (0.6 + 0.15 * rng.random()), v0 + 0.08 * rng.normal()),
         )
-        th = 0.02 + 0.03 * f.severity
+        th = 0.012 + 0.025 * f.severity
         rs, cs, bu, bv = canvas.box(
             min(p0[0], p1[0]) - 0.05,
             max(p0[0], p1[0]) + 0.05,
@@ -187,7 +187,7 @@ def atelectasis(canvas, A, lung, vessels, anat, f, rng) -> None:
             max(p0[1], p1[1]) + 0.06,
         )
         band = ramp(th - segment_distance(bu, bv, p0, p1), 0.03)
-        A[rs, cs] += F32(anat.air * 0.45) * band * lung[rs, cs]
+        A[rs, cs] += F32(anat.air * 0.3) * band * lung[rs, cs]
 
 
 def fracture(canvas, A, lung, vessels, anat, f, rng) -> None:
