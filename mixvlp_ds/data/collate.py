@@ -6,8 +6,8 @@ import numpy as np
 import torch
 
 from mixvlp_ds.data.batch import Batch
-from mixvlp_ds.model.masking import mask_tokens, tokenizer_mask_args
 from mixvlp_ds.shard.format import LABEL_SPACES, level_sizes
+from mixvlp_ds.text.masking import mask_tokens, tokenizer_mask_args
 from mixvlp_ds.text.tokenizer import MAX_LENGTH
 
 
