@@ -1,0 +1,311 @@
+"""The real-data text benchmark: OpenI reports, 14 ChestX-ray14 findings, NegBio's gold labels.
+
+    python -m mixvlp_ds.apps.openi_text --out runs/openi_text
+
+Data (read in place from ../shared/data/openi_iu): indiana_reports.csv (FINDINGS + IMPRESSION of
+3,851 reports), openi_gld_std14.csv (gold 0/1 labels), openi-testset.txt (771 test ids; the other
+3,080 gold reports are the training set). Hernia has no positive anywhere in the gold file, and
+the test set has a single Fibrosis positive: Hernia's AUC is n/a, Fibrosis's is a coin of one.
+
+In ONE run, on the same split, it reports:
+1. TF-IDF (word 1-2 grams) + one logistic regression per finding (scikit-learn): test AUC;
+   and text-query retrieval: the same Cauchy hashing head trained on the TF-IDF vectors.
+2. The project's encoder (MixVLP, UWOX, small): a WordPiece tokenizer trained on the training
+   reports, MLM pre-training on the training reports, then (a) GAP + linear fine-tuning with BCE
+   -> `txt_only` AUC per finding, and (b) DCH hash fine-tuning -> text-query P@1/5/10/50.
+3. A diagnostic: a logistic regression on the FROZEN pooled F_txt of the pre-trained encoder
+   (how much the MLM features alone carry).
+It prints a Markdown table and writes results.json (+ the tokenizer and encoder checkpoint).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mixvlp_ds.apps import metrics
+from mixvlp_ds.apps.classification import LinearProbe, masked_bce
+from mixvlp_ds.apps.hashing import HashHead, cauchy_hashing_loss
+from mixvlp_ds.apps.loop import fit, predict
+from mixvlp_ds.shard.format import CXR14
+from mixvlp_ds.text.labeller import DEFAULT_LABELERS, read_openi_gold, read_openi_reports
+
+DEFAULT_OPENI = DEFAULT_LABELERS.parent / "openi_iu"
+KS = (1, 5, 10, 50)
+
+
+@dataclass
+class Options:
+    vocab_size: int = 3000
+    hidden: int = 128
+    layers: int = 2
+    heads: int = 4
+    intermediate: int = 256
+    max_len: int = 128
+    mlm_epochs: int = 10
+    mlm_lr: float = 1e-3
+    cls_epochs: int = 10
+    cls_lr: float = 3e-4
+    hash_epochs: int = 6
+    hash_lr: float = 3e-4
+    batch_size: int = 32
+    gamma: float = 20.0
+    bits: int = 64
+    seed: int = 0
+    time_budget_s: float = 0.0     # > 0: wall seconds for the encoder part, training stops early
+                                   # beyond it (0 = off: fixed epochs, reproducible on any machine)
+
+
+def load_split(openi_dir: str | Path):
+    """(train_ids, test_ids, texts {id: str}, labels {id: (14,) float}) on the NegBio split."""
+    openi_dir = Path(openi_dir)
+    texts, gold = read_openi_reports(openi_dir), read_openi_gold(openi_dir)
+    test = set((openi_dir / "openi-testset.txt").read_text().split())
+    ids = sorted(set(gold) & set(texts), key=lambda s: int(s[3:]))
+    missing = test - set(ids)
+    if missing:
+        raise ValueError(f"{openi_dir}/openi-testset.txt: {len(missing)} ids without report/gold, "
+                         f"e.g. {sorted(missing)[:3]}")
+    labels = {i: np.array([gold[i][n] for n in CXR14], np.float32) for i in ids}
+    return [i for i in ids if i not in test], [i for i in ids if i in test], texts, labels
+
+
+# ----------------------------------------------------------------------------- retrieval helper
+
+
+def train_hash_head(features_fn, in_dim: int, labels: np.ndarray, opts: Options, extra_modules=(),
+                    name: str = "hash", epochs: int | None = None, max_seconds: float | None = None,
+                    log=print, lr: float | None = None, lengths: np.ndarray | None = None):
+    """DCH on features_fn(rows) -> (B, C); returns (head, fit stats)."""
+    head = HashHead(in_dim, opts.bits)
+    y = torch.from_numpy(labels)
+
+    def loss(rows):
+        return cauchy_hashing_loss(head(features_fn(rows)), y[rows], gamma=opts.gamma)["loss"]
+
+    stats = fit([head, *extra_modules], loss, len(labels), epochs=epochs or opts.hash_epochs,
+                batch_size=max(opts.batch_size, 64), lr=lr or opts.hash_lr, seed=opts.seed, name=name,
+                max_seconds=max_seconds, log=log, lengths=lengths)
+    return head, stats
+
+
+# ----------------------------------------------------------------------------- TF-IDF baseline
+
+
+def tfidf_classify(train_texts, y_train, test_texts, seed: int = 0):
+    """TF-IDF (word 1-2 grams, min_df 2, sublinear tf) + one balanced logistic regression per
+    finding. Returns (test scores (N_test, K), fitted vectorizer, train matrix, test matrix)."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+
+    vec = TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True, max_features=20000)
+    x_train, x_test = vec.fit_transform(train_texts), vec.transform(test_texts)
+    scores = np.zeros((x_test.shape[0], y_train.shape[1]), np.float32)
+    for k in range(y_train.shape[1]):
+        if len(np.unique(y_train[:, k])) < 2:   # Hernia: nothing to learn; its AUC is n/a anyway
+            continue
+        lr = LogisticRegression(C=10.0, max_iter=2000, class_weight="balanced", solver="liblinear",
+                                random_state=seed)
+        scores[:, k] = lr.fit(x_train, y_train[:, k]).decision_function(x_test)
+    return scores, vec, x_train, x_test
+
+
+def tfidf_baseline(train_texts, y_train, test_texts, y_test, opts: Options) -> dict:
+    t0 = time.time()
+    scores, _, x_train, x_test = tfidf_classify(train_texts, y_train, test_texts, opts.seed)
+    auc = metrics.auc_per_finding(y_test, scores, CXR14)
+    cls_s = time.time() - t0
+    # Retrieval: the same 64-bit Cauchy hashing head, on a 256-d LSA projection of the TF-IDF
+    # vectors (20k dense columns would cost minutes of CPU for no gain in a linear layer).
+    from sklearn.decomposition import TruncatedSVD
+    svd = TruncatedSVD(256, random_state=opts.seed).fit(x_train)
+    xt = torch.from_numpy(svd.transform(x_train).astype(np.float32))
+    xe = torch.from_numpy(svd.transform(x_test).astype(np.float32))
+    torch.manual_seed(opts.seed)
+    head, _ = train_hash_head(lambda rows: xt[rows], xt.shape[1], y_train, opts, name="tfidf-hash",
+                              epochs=30, log=None, lr=1e-3)
+    with torch.no_grad():
+        codes = head(xe).numpy()
+    p_at_k = metrics.precision_at_k(codes, y_test, KS)
+    return {"auc": auc, "mean_auc": metrics.mean_auc(auc), "p_at_k": p_at_k,
+            "features": x_train.shape[1], "seconds": time.time() - t0, "cls_seconds": cls_s}
+
+
+# ----------------------------------------------------------------------------- the project's encoder
+
+
+def _text_batch(ids: torch.Tensor, att: torch.Tensor, image_size: int) -> dict:
+    """A text-only batch in the batch contract (mixvlp_ds/data/batch.py)."""
+    b = ids.shape[0]
+    sizes = (image_size, image_size // 2, image_size // 4)
+    return {"pyramid": [torch.zeros(b, s, s, dtype=torch.uint8) for s in sizes],
+            "has_image": torch.zeros(b, dtype=torch.bool), "has_text": torch.ones(b, dtype=torch.bool),
+            "input_ids": ids, "attention_mask": att, "pair": torch.zeros(b),
+            "labels": torch.zeros(b, 0), "key": [""] * b, "text_key": [""] * b,
+            "institution": [""] * b, "patient_id": [""] * b}
+
+
+def _trim(ids: torch.Tensor, att: torch.Tensor):
+    """Drop the all-padding tail columns of a batch (CPU time is spent per token)."""
+    n = int(att.sum(1).max())
+    return ids[:, :n], att[:, :n]
+
+
+def encoder_benchmark(train_texts, y_train, test_texts, y_test, opts: Options, out_dir: Path) -> dict:
+    from mixvlp_ds.model import MixVLP, ModelConfig
+    from mixvlp_ds.text.masking import mask_tokens, tokenizer_mask_args
+    from mixvlp_ds.text.tokenizer import train_tokenizer
+
+    t_start = time.time()
+    budget = opts.time_budget_s or float("inf")
+    torch.manual_seed(opts.seed)
+    tok = train_tokenizer(train_texts, out_dir / "tokenizer", vocab_size=opts.vocab_size)
+    enc_tr = tok(list(train_texts), max_length=opts.max_len, truncation=True, padding="max_length",
+                 return_tensors="pt")
+    enc_te = tok(list(test_texts), max_length=opts.max_len, truncation=True, padding="max_length",
+                 return_tensors="pt")
+    ids_tr, att_tr = enc_tr["input_ids"].long(), enc_tr["attention_mask"].long()
+    ids_te, att_te = enc_te["input_ids"].long(), enc_te["attention_mask"].long()
+    lengths = att_tr.sum(1).numpy()
+    cfg = ModelConfig.preset("tiny", arch="uwox", vocab_size=len(tok), hidden=opts.hidden, layers=opts.layers,
+                             heads=opts.heads, intermediate=opts.intermediate, max_text_len=opts.max_len,
+                             dropout=0.1, attention_dropout=0.1)
+    model = MixVLP(cfg)
+    mask_args = tokenizer_mask_args(tok)
+    gen = torch.Generator().manual_seed(opts.seed)
+
+    # 1. MLM pre-training on the training reports (L_txt only: text-only rows, no image, no L_co).
+    def mlm_loss(rows):
+        ids, att = _trim(ids_tr[rows], att_tr[rows])
+        masked, labels = mask_tokens(ids, att, generator=gen, **mask_args)
+        batch = _text_batch(masked, att, cfg.image_size)
+        batch["mlm_labels"] = labels
+        return model(batch)["L_txt"]
+
+    mlm = fit([model], mlm_loss, len(train_texts), epochs=opts.mlm_epochs, batch_size=opts.batch_size,
+              lr=opts.mlm_lr, seed=opts.seed, name="mlm", max_seconds=opts.time_budget_s * 0.45 or None,
+              lengths=lengths)
+    pre_dir = out_dir / "pretrained"
+    model.save_pretrained(pre_dir, tok)
+
+    def pooled(m, ids_all, att_all):
+        def f(rows):
+            ids, att = _trim(ids_all[rows], att_all[rows])
+            return m.pooled_text(ids, att)
+        return f
+
+    # 2. Diagnostic: logistic regression on frozen pooled F_txt of the pre-trained encoder.
+    from sklearn.linear_model import LogisticRegression
+    model.eval()
+    f_tr = predict(pooled(model, ids_tr, att_tr), len(train_texts), 256)
+    f_te = predict(pooled(model, ids_te, att_te), len(test_texts), 256)
+    frozen_scores = np.zeros_like(y_test)
+    for k in range(y_train.shape[1]):
+        if len(np.unique(y_train[:, k])) == 2:
+            lr = LogisticRegression(C=1.0, max_iter=3000, class_weight="balanced")
+            frozen_scores[:, k] = lr.fit(f_tr, y_train[:, k]).decision_function(f_te)
+    frozen_auc = metrics.auc_per_finding(y_test, frozen_scores, CXR14)
+
+    # 3. Classification fine-tuning: GAP + linear on F_txt, BCE, the whole encoder trained.
+    left = max(60.0, budget - (time.time() - t_start)) if opts.time_budget_s else None
+    cls_model = MixVLP.from_pretrained(pre_dir)
+    probe = LinearProbe(cfg.hidden, len(CXR14))
+    y_tr = torch.from_numpy(y_train)
+    f_cls = pooled(cls_model, ids_tr, att_tr)
+    cls = fit([cls_model, probe], lambda rows: masked_bce(probe(f_cls(rows)), y_tr[rows]), len(train_texts),
+              epochs=opts.cls_epochs, batch_size=opts.batch_size, lr=opts.cls_lr, seed=opts.seed,
+              name="cls", max_seconds=left and left * 0.6, lengths=lengths)
+    scores = predict(lambda rows: probe(pooled(cls_model, ids_te, att_te)(rows)), len(test_texts), 256)
+    auc = metrics.auc_per_finding(y_test, scores, CXR14)
+
+    # 4. Hash fine-tuning (DCH) from the pre-trained encoder; text queries over the test set.
+    left = max(60.0, budget - (time.time() - t_start)) if opts.time_budget_s else None
+    hash_model = MixVLP.from_pretrained(pre_dir)
+    head, hstats = train_hash_head(pooled(hash_model, ids_tr, att_tr), cfg.hidden, y_train, opts,
+                                   extra_modules=[hash_model], name="hash", max_seconds=left and left * 0.9,
+                                   lengths=lengths)
+    codes = predict(lambda rows: head(pooled(hash_model, ids_te, att_te)(rows)), len(test_texts), 256)
+    return {
+        "auc": auc, "mean_auc": metrics.mean_auc(auc),
+        "p_at_k": metrics.precision_at_k(codes, y_test, KS),
+        "frozen_lr_auc": frozen_auc, "frozen_lr_mean_auc": metrics.mean_auc(frozen_auc),
+        "model": {"hidden": cfg.hidden, "layers": cfg.layers, "heads": cfg.heads, "vocab": len(tok),
+                  "parameters": sum(p.numel() for p in model.parameters())},
+        "mlm": {k: mlm[k] for k in ("steps", "seconds", "epoch_losses", "stopped_early")},
+        "cls": {k: cls[k] for k in ("steps", "seconds", "last_loss", "stopped_early")},
+        "hash": {k: hstats[k] for k in ("steps", "seconds", "last_loss", "stopped_early")},
+        "seconds": time.time() - t_start, "checkpoint": str(pre_dir),
+    }
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def _f(x) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
+
+
+def markdown(res: dict) -> str:
+    rows = [("TF-IDF + LR", res["tfidf"]["auc"], res["tfidf"]["mean_auc"])]
+    if "encoder" in res:
+        e = res["encoder"]
+        rows += [("MixVLP txt_only (MLM + fine-tune)", e["auc"], e["mean_auc"]),
+                 ("MixVLP frozen F_txt + LR", e["frozen_lr_auc"], e["frozen_lr_mean_auc"])]
+    head = "| model | mean AUC | " + " | ".join(CXR14) + " |"
+    lines = [f"OpenI text classification, test n={res['n_test']} (train n={res['n_train']}), "
+             f"positives in test: " + ", ".join(f"{n} {c}" for n, c in res["test_positives"].items()),
+             "", head, "|" + "---|" * (len(CXR14) + 2)]
+    for name, auc, mean in rows:
+        lines.append(f"| {name} | {_f(mean)} | " + " | ".join(_f(auc[n]) for n in CXR14) + " |")
+    lines += ["", "Text-query retrieval (64-bit Cauchy hashing, Hamming ranking, exact label match)", "",
+              "| model | " + " | ".join(f"P@{k}" for k in KS) + " |", "|" + "---|" * (len(KS) + 1)]
+    retr = [("TF-IDF + hash layer", res["tfidf"]["p_at_k"])]
+    if "encoder" in res:
+        retr.append(("MixVLP txt query", res["encoder"]["p_at_k"]))
+    for name, p in retr:
+        lines.append(f"| {name} | " + " | ".join(_f(p[k]) for k in KS) + " |")
+    return "\n".join(lines)
+
+
+def run(openi_dir: str | Path, out_dir: str | Path, opts: Options, encoder: bool = True) -> dict:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    train_ids, test_ids, texts, labels = load_split(openi_dir)
+    tr_texts, te_texts = [texts[i] for i in train_ids], [texts[i] for i in test_ids]
+    y_tr = np.stack([labels[i] for i in train_ids])
+    y_te = np.stack([labels[i] for i in test_ids])
+    res = {"n_train": len(train_ids), "n_test": len(test_ids), "split": "NegBio openi-testset.txt",
+           "test_positives": {n: int(y_te[:, k].sum()) for k, n in enumerate(CXR14)},
+           "options": opts.__dict__, "torch_threads": torch.get_num_threads()}
+    res["tfidf"] = tfidf_baseline(tr_texts, y_tr, te_texts, y_te, opts)
+    if encoder:
+        res["encoder"] = encoder_benchmark(tr_texts, y_tr, te_texts, y_te, opts, out_dir)
+    (out_dir / "results.json").write_text(json.dumps(res, indent=2, default=str))
+    (out_dir / "results.md").write_text(markdown(res) + "\n")
+    return res
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m mixvlp_ds.apps.openi_text", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--openi-dir", default=str(DEFAULT_OPENI))
+    p.add_argument("--out", default="runs/openi_text")
+    p.add_argument("--tfidf-only", action="store_true", help="skip the encoder (seconds instead of minutes)")
+    for name, value in Options().__dict__.items():
+        p.add_argument("--" + name.replace("_", "-"), type=type(value), default=value)
+    args = p.parse_args(argv)
+    opts = Options(**{k: getattr(args, k) for k in Options().__dict__})
+    res = run(args.openi_dir, args.out, opts, encoder=not args.tfidf_only)
+    print(markdown(res))
+    print(f"\nresults: {Path(args.out) / 'results.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,176 @@
+"""Evaluation alone: classification, retrieval or regeneration on one split of a shard folder.
+
+    python -m mixvlp_ds.evaluate --task cls --model runs/ft/models/img_only --shards shards/openi-like
+    python -m mixvlp_ds.evaluate --task retrieval --model runs/ft/models/text --shards shards/openi-like
+    python -m mixvlp_ds.evaluate --task regen --checkpoint runs/pre_b8/model runs/pre_b16/model \\
+        --shards shards/nih --split test --num-images 64 --grids 8 --out runs/regen
+
+cls / retrieval take a fine-tuned directory written by launchers/finetune.py (MixVLP weights +
+probe.pt or hash_head.pt + head.json). regen takes one or more pre-trained MixVLP directories
+(one Table 4(b) row each). Each writes results.json and results.md under --out and prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mixvlp_ds.apps import metrics, plots, tables
+from mixvlp_ds.apps.classification import (
+    LinearProbe,
+    apply_label_policy,
+    binary_labels,
+    feature_dim,
+    pooled_features,
+)
+from mixvlp_ds.apps.finetune import HEAD_INFO, FinetuneConfig, Rows, load_split_samples, usable
+from mixvlp_ds.apps.hashing import HashHead
+from mixvlp_ds.apps.loop import predict
+from mixvlp_ds.apps.retrieval import KS, evaluate_codes
+
+
+def _load(model_dir: Path):
+    from mixvlp_ds.model import MixVLP
+    from mixvlp_ds.text.tokenizer import load_tokenizer
+
+    info_path = model_dir / HEAD_INFO
+    if not info_path.is_file():
+        raise FileNotFoundError(f"{model_dir}: no {HEAD_INFO}; pass a models/<row> directory of a "
+                                "fine-tune run")
+    return MixVLP.from_pretrained(model_dir).eval(), load_tokenizer(model_dir / "tokenizer"), \
+        json.loads(info_path.read_text())
+
+
+def eval_cls(model_dir: Path, shards: str, split: str, batch_size: int = 32, max_samples: int = 0) -> dict:
+    from mixvlp_ds.shard.format import LABEL_SPACES
+
+    model, tok, info = _load(model_dir)
+    names = LABEL_SPACES[info["label_space"]]
+    probe = LinearProbe(feature_dim(model, info["side"]), len(names))
+    probe.load_state_dict(torch.load(model_dir / "probe.pt", map_location="cpu"))
+    probe.eval()
+    cfg = FinetuneConfig(shards=shards, label_space=info["label_space"], max_eval_samples=max_samples)
+    ev = Rows(usable(load_split_samples(cfg, split, False), model.cfg.fusion, info["side"]), tok,
+              info["label_space"], model.cfg.max_text_len, model.cfg.image_size)
+    side = info["side"]
+    scores = predict(lambda rows: probe(pooled_features(model, ev.batch(rows), side)), len(ev), batch_size)
+    y = apply_label_policy(ev.labels, info["uncertain"])
+    auc = metrics.auc_per_finding(y, scores, names)
+    return {"row": info["row"], "auc": auc, "mean_auc": metrics.mean_auc(auc), "n": len(ev),
+            "names": list(names), "scores": scores, "labels": y}
+
+
+def eval_retrieval(model_dir: Path, shards: str, split: str, batch_size: int = 32,
+                   max_samples: int = 0) -> dict:
+    model, tok, info = _load(model_dir)
+    head = HashHead(feature_dim(model, info["side"]), info["bits"])
+    head.load_state_dict(torch.load(model_dir / "hash_head.pt", map_location="cpu"))
+    head.eval()
+    cfg = FinetuneConfig(shards=shards, label_space=info["label_space"], max_eval_samples=max_samples)
+    ev = Rows(usable(load_split_samples(cfg, split, False), model.cfg.fusion, info["side"]), tok,
+              info["label_space"], model.cfg.max_text_len, model.cfg.image_size)
+    side = info["side"]
+    codes = predict(lambda rows: head(pooled_features(model, ev.batch(rows), side)), len(ev), batch_size)
+    res = evaluate_codes(codes, binary_labels(ev.labels, info["uncertain"]), KS)
+    res["query"] = info["query"]
+    return res
+
+
+def eval_regen(checkpoint: str, shards: str, split: str, out: Path, num_images: int = 64, grids: int = 8,
+               batch_size: int = 16, seed: int = 0) -> dict:
+    """Regeneration metrics of one pre-trained model over the first `num_images` images of a split."""
+    import tempfile
+
+    from mixvlp_ds.apps.finetune import fetch_model_dir
+    from mixvlp_ds.apps.regeneration import image_metrics, regenerate_images, save_grid
+    from mixvlp_ds.data.reader import iter_samples
+    from mixvlp_ds.model import MixVLP
+    with tempfile.TemporaryDirectory() as cache:
+        model = MixVLP.from_pretrained(fetch_model_dir(checkpoint, Path(cache))).eval()
+    if model.cfg.fusion == "unit":
+        raise ValueError("regeneration of UNIT needs reports too; evaluate a UWOX / AIAYN-image model")
+    size = model.cfg.image_size
+    pyramids = []
+    for s in iter_samples(shards, split, image_size=size):
+        if s["pyramid"] is not None:
+            pyramids.append(s["pyramid"])
+            if len(pyramids) >= num_images:
+                break
+    if not pyramids:
+        raise ValueError(f"{shards}: split {split!r} has no images")
+    originals, regenerated = [], []
+    for i in range(0, len(pyramids), batch_size):
+        chunk = pyramids[i:i + batch_size]
+        pyr = [torch.from_numpy(np.stack([p[level] for p in chunk])) for level in range(3)]
+        regenerated.append(regenerate_images(model, pyr, model.cfg.image_mask_ratio, seed + i))
+        originals.append(pyr[0].numpy())
+    orig, regen = np.concatenate(originals), np.concatenate(regenerated)
+    res = image_metrics(orig, regen)
+    name = f"{'ms' if model.cfg.multiscale else 'ss'}_B{model.cfg.block_size}"
+    res.update(variant=name, patches=model.cfg.num_patches,
+               checkpoint=checkpoint, image_size=size)
+    res["grids"] = [str(save_grid(orig[k], regen[k], out / "grids" / name / f"{k:03d}.png"))
+                    for k in range(min(grids, len(orig)))]
+    return res
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(prog="python -m mixvlp_ds.evaluate", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--task", required=True, choices=["cls", "retrieval", "regen"])
+    p.add_argument("--model", nargs="*", default=[], help="fine-tuned models/<row> dir(s) (cls, retrieval)")
+    p.add_argument("--checkpoint", nargs="*", default=[], help="pre-trained MixVLP dir(s) (regen)")
+    p.add_argument("--shards", required=True)
+    p.add_argument("--split", default="test")
+    p.add_argument("--out", default="runs/evaluate")
+    p.add_argument("--num-images", type=int, default=64)
+    p.add_argument("--grids", type=int, default=8)
+    p.add_argument("--max-samples", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=32)
+    args = p.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.task == "regen":
+        if not args.checkpoint:
+            p.error("--task regen needs --checkpoint DIR [DIR ...]")
+        rows = {}
+        for c in args.checkpoint:
+            r = eval_regen(c, args.shards, args.split, out, args.num_images, args.grids,
+                           min(args.batch_size, 16))
+            rows[r["variant"]] = r
+        md = tables.table4b(rows)
+        brief = {k: {kk: vv for kk, vv in v.items() if kk != "per_image"} for k, v in rows.items()}
+        per_image = {k: v["per_image"] for k, v in rows.items()}
+        summary = {"task": "regen", "results": brief, "per_image": per_image}
+    else:
+        if not args.model:
+            p.error(f"--task {args.task} needs --model DIR [DIR ...]")
+        rows = {}
+        for m in args.model:
+            if args.task == "cls":
+                r = eval_cls(Path(m), args.shards, args.split, args.batch_size, args.max_samples)
+                plots.roc_curves(r.pop("labels"), r.pop("scores"), r["names"],
+                                 out / f"roc_{r['row'].replace('+', '_')}.png", title=f"ROC, {r['row']}")
+                rows[r["row"]] = r
+            else:
+                r = eval_retrieval(Path(m), args.shards, args.split, args.batch_size, args.max_samples)
+                rows[r["query"]] = r
+        if args.task == "cls":
+            md = tables.table1(rows, next(iter(rows.values()))["names"])
+        else:
+            md = tables.table3(rows, KS)
+            plots.p_at_k_curves(rows, out / "p_at_k.png")
+        summary = {"task": args.task, "split": args.split, "shards": args.shards, "results": rows}
+    (out / "results.json").write_text(json.dumps(summary, indent=2, default=str))
+    (out / "results.md").write_text(md + "\n")
+    print(md)
+    print(f"[evaluate] results: {out / 'results.json'}")
+    return summary
+
+
+if __name__ == "__main__":
+    main()
