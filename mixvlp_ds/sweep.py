@@ -62,6 +62,21 @@ def cell_dir(cfg: SweepConfig, scenario: str, percent: float) -> Path:
     return Path(cfg.output_dir) / scenario / f"P{percent:g}"
 
 
+def scenario_sources(cfg: SweepConfig, scenario: str) -> list[str]:
+    """Baseline 2 and Mix-up 1 pre-train on the paired institution alone: an override that keeps
+    only the paired sources of the pre-training config (Mix-up 2 keeps them all)."""
+    from mixvlp_ds.config import apply_overrides, read_file
+
+    if scenario == "mixup2":
+        return []
+    data = apply_overrides(read_file(cfg.pretrain_config), list(cfg.pretrain_overrides)).get("data", {})
+    sources = data.get("sources") or []
+    paired = [s for s in sources if s.get("role", "paired") == "paired"]
+    if not paired:
+        raise ConfigError(f"{cfg.pretrain_config}: {scenario} needs a paired source in data.sources")
+    return [] if len(paired) == len(sources) else [f"data.sources={json.dumps(paired)}"]
+
+
 def run_pretrain(cfg: SweepConfig, scenario: str, percent: float, out: Path) -> Path:
     """Pre-train one cell in a fresh process (DeepSpeed state never leaks between cells);
     returns the exported MixVLP directory <out>/model."""
@@ -72,7 +87,8 @@ def run_pretrain(cfg: SweepConfig, scenario: str, percent: float, out: Path) -> 
     cmd = [sys.executable, str(REPO / "launchers" / "pretrain.py"), "--config", cfg.pretrain_config]
     if cfg.deepspeed_config:
         cmd += ["--deepspeed_config", cfg.deepspeed_config]
-    cmd += [*cfg.pretrain_overrides, f"data.scenario={PRETRAIN_SCENARIO[scenario]}",
+    cmd += [*cfg.pretrain_overrides, *scenario_sources(cfg, scenario),
+            f"data.scenario={PRETRAIN_SCENARIO[scenario]}",
             f"data.paired_percent={percent:g}", f"data.subset_seed={cfg.subset_seed}",
             f"train.output_dir={out}", "train.progress=false"]
     print(f"[sweep] {scenario} P{percent:g}: pre-training: {' '.join(cmd)}", flush=True)
