@@ -12,6 +12,9 @@ from pathlib import Path
 
 import pytest
 
+# One thread per test process (and per process it starts): the suite runs beside other
+# processes on 2 cores, where oversubscribed OpenMP threads spin-wait and tiny models run ~60x slower.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
