@@ -76,3 +76,12 @@ def test_bad_config_is_a_clear_error(apps_assets):
         finetune.main([f"shards={apps_assets['shards']}", "uncertain=maybe"])
     with pytest.raises(ConfigError, match="tokenizer"):
         finetune.main([f"shards={apps_assets['shards']}", "--init", ""])
+
+
+def test_unit_rows_from_scratch(apps_assets, tmp_path):
+    """UNIT fuses the pair: its Table 1 rows are img+txt and txt+img."""
+    summary = finetune.main(["--task", "cls", "--init", "", f"tokenizer={apps_assets['tokenizer']}",
+                             f"shards={apps_assets['shards']}", "model_arch=unit", "epochs=1", "plots=false",
+                             f"output_dir={tmp_path}"])
+    assert set(summary["results"]) == {"img+txt", "txt+img"}
+    assert all(r["mean_auc"] is None or 0 <= r["mean_auc"] <= 1 for r in summary["results"].values())
