@@ -1,9 +1,14 @@
-"""Input pipeline: shards (local or S3) -> mixed (image, report, pair) batches, resumable exactly."""
+"""Input pipeline: shards (local or S3) -> mixed (image, report, pair) batches, resumable exactly.
+
+`collate` and `iter_samples` are imported from their modules (`mixvlp_ds.data.collate`,
+`mixvlp_ds.data.reader`): re-exporting a function named like its submodule would be shadowed by
+the submodule as soon as that is imported.
+"""
 
 from mixvlp_ds.data.config import DataConfig, SourceSpec
 from mixvlp_ds.data.subset import in_paired_subset
 
-__all__ = ["DataConfig", "SourceSpec", "build_pretrain_loader", "collate", "in_paired_subset", "iter_samples"]
+__all__ = ["DataConfig", "SourceSpec", "build_pretrain_loader", "in_paired_subset"]
 
 
 def __getattr__(name):  # lazy: importing the config must not import torch/PIL/boto3
@@ -11,12 +16,4 @@ def __getattr__(name):  # lazy: importing the config must not import torch/PIL/b
         from mixvlp_ds.data.loader import build_pretrain_loader
 
         return build_pretrain_loader
-    if name == "collate":
-        from mixvlp_ds.data.collate import collate
-
-        return collate
-    if name == "iter_samples":
-        from mixvlp_ds.data.reader import iter_samples
-
-        return iter_samples
     raise AttributeError(name)
