@@ -12,6 +12,7 @@ one of them RGBA), repeated to N images; `--generated` (or no shared data) write
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import platform
@@ -24,9 +25,9 @@ import numpy as np
 from PIL import Image
 
 from mixvlp_ds.shard.format import make_key
-from mixvlp_ds.shard.images import load_image
+from mixvlp_ds.shard.images import decode_gray8_png, load_image
 from mixvlp_ds.shard.pipeline import encode_record, ordered_map, worker_pool
-from mixvlp_ds.shard.pyramid import encode_png, pyramid_images
+from mixvlp_ds.shard.pyramid import encode_png, make_pyramid
 from mixvlp_ds.shard.source import SourceItem
 
 REPO = Path(__file__).resolve().parents[1]
@@ -87,7 +88,7 @@ def stage_breakdown(files: list[Path], image_size: int, reps: int = 2) -> dict:
             t0 = time.process_time()
             px = load_image(f, min_side=image_size).pixels
             t1 = time.process_time()
-            levels = pyramid_images(Image.fromarray(px), image_size)
+            levels = make_pyramid(px, image_size)
             t2 = time.process_time()
             for lv in levels:
                 encode_png(lv)
@@ -96,14 +97,42 @@ def stage_breakdown(files: list[Path], image_size: int, reps: int = 2) -> dict:
     return {"decode_ms": 1e3 * t_dec / n, "pyramid_ms": 1e3 * t_pyr / n, "encode_ms": 1e3 * t_enc / n}
 
 
+def pillow_reference(files: list[Path], image_size: int, reps: int = 2) -> dict:
+    """The same stages done the pre-OpenCV way (Pillow decode, box-reduce + Lanczos, Pillow PNG at
+    zlib 3): the 'before' column, measured in the same run and under the same load."""
+    t_dec = t_pyr = t_enc = 0.0
+    n = 0
+    for _ in range(reps):
+        for f in files:
+            t0 = time.process_time()
+            im = Image.open(f)
+            im.load()
+            im = im if im.mode == "L" else im.convert("L")
+            t1 = time.process_time()
+            top = im.resize((image_size, image_size), Image.Resampling.LANCZOS, reducing_gap=2.0)
+            levels = [top] + [top.resize((s, s), Image.Resampling.LANCZOS, reducing_gap=2.0)
+                              for s in (image_size // 2, image_size // 4)]
+            t2 = time.process_time()
+            for lv in levels:
+                buf = io.BytesIO()
+                lv.save(buf, format="PNG", compress_level=3, optimize=False)
+            t3 = time.process_time()
+            t_dec, t_pyr, t_enc, n = t_dec + t1 - t0, t_pyr + t2 - t1, t_enc + t3 - t2, n + 1
+    return {"decode_ms": 1e3 * t_dec / n, "pyramid_ms": 1e3 * t_pyr / n, "encode_ms": 1e3 * t_enc / n}
+
+
 def compress_levels(files: list[Path], image_size: int) -> list[dict]:
-    levels = [pyramid_images(Image.fromarray(load_image(f).pixels), image_size) for f in files[:8]]
+    levels = [make_pyramid(load_image(f).pixels, image_size) for f in files[:8]]
     out = []
     for lvl in (1, 3, 6, 9):
         t = time.process_time()
-        nbytes = sum(len(encode_png(im, lvl)) for pyr in levels for im in pyr)
-        out.append({"compress_level": lvl, "encode_cpu_ms": 1e3 * (time.process_time() - t) / len(levels),
-                    "kib_per_image": nbytes / len(levels) / 1024})
+        pngs = [encode_png(im, lvl) for pyr in levels for im in pyr]
+        t_enc, t = time.process_time() - t, time.process_time()
+        for png in pngs:
+            decode_gray8_png(png, *Image.open(io.BytesIO(png)).size)
+        out.append({"compress_level": lvl, "encode_cpu_ms": 1e3 * t_enc / len(levels),
+                    "decode_cpu_ms": 1e3 * (time.process_time() - t) / len(levels),
+                    "kib_per_image": sum(map(len, pngs)) / len(levels) / 1024})
     return out
 
 
@@ -123,6 +152,7 @@ def main() -> None:
         sizes = {Image.open(f).size for f in files}
         items = items_for(files, args.images)
         stages = stage_breakdown(files, args.image_size)
+        before = pillow_reference(files, args.image_size)
         runs = [throughput(items, w, args.image_size) for w in args.workers]
         levels = compress_levels(files, args.image_size)
     result = {
@@ -131,7 +161,8 @@ def main() -> None:
         "num_images": args.images, "image_size": args.image_size, "target_images_per_s_per_core": TARGET,
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                     "python": platform.python_version(), "load_avg_1m_at_end": os.getloadavg()[0]},
-        "runs": runs, "stages_single_process_ms": stages, "png_compress_levels": levels,
+        "runs": runs, "stages_single_process_ms": stages,
+        "stages_pillow_reference_ms": before, "png_compress_levels": levels,
         "note": "images_per_cpu_s = images per CPU-second of the worker processes (per-core speed, "
                 "independent of other load); *_wall figures depend on how busy the shared machine was",
     }
@@ -147,11 +178,14 @@ def main() -> None:
                   "met" if r["images_per_cpu_s"] >= TARGET else "NOT met")
     console.print(t)
     console.print("CPU ms per image, 1 process: " + ", ".join(f"{k} {v:.1f}" for k, v in stages.items()))
+    console.print("  same stages the Pillow way (before): "
+                  + ", ".join(f"{k} {v:.1f}" for k, v in before.items()))
     s = Table(title="PNG compress level (3 levels per image)")
-    for col in ("level", "encode CPU ms", "KiB/image"):
+    for col in ("level", "encode CPU ms", "decode CPU ms", "KiB/image"):
         s.add_column(col, justify="right")
     for lv in levels:
-        s.add_row(str(lv["compress_level"]), f"{lv['encode_cpu_ms']:.2f}", f"{lv['kib_per_image']:.1f}")
+        s.add_row(str(lv["compress_level"]), f"{lv['encode_cpu_ms']:.2f}", f"{lv['decode_cpu_ms']:.2f}",
+                  f"{lv['kib_per_image']:.1f}")
     console.print(s)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")

@@ -21,6 +21,13 @@ Conversions (each one is what a radiologist would call the same image, in 8 bits
 A truncated or unreadable file raises `ImageDecodeError` naming the file and the reason: PIL's
 `ImageFile.LOAD_TRUNCATED_IMAGES` is forced off while decoding (the global is restored after),
 and every image is fully decoded with `.load()` so a cut-off file cannot pass as a grey band.
+
+Speed: an 8-bit grayscale PNG (the common CXR file) has its pixels inflated by OpenCV's libpng
+(`cv2.imdecode`), about 1.3x faster than Pillow's decoder and pixel-identical (PNG is lossless;
+tests compare the two). Pillow still parses the header, so every check and every other format,
+bit depth and colour type stays on the Pillow path; a file without its final IEND chunk (cut
+off) or anything OpenCV does not decode to the expected (H, W) uint8 array also goes through
+Pillow, so truncated and corrupt files are classified exactly as before.
 """
 
 from __future__ import annotations
@@ -31,10 +38,12 @@ import io
 import os
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 _DICOM_SUFFIXES = (".dcm", ".dicom", ".dic")
+_PNG_IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the last 12 bytes of every complete PNG file
 
 
 class ImageDecodeError(Exception):
@@ -104,6 +113,10 @@ def _decode_pil(data: bytes, path: str, min_side: int | None) -> tuple[np.ndarra
                 scale = min(w, h) / (2 * min_side)
                 if scale >= 2:
                     im.draft(im.mode, (int(w / scale) + 1, int(h / scale) + 1))
+            plain_gray_png = im.format == "PNG" and im.mode == "L" and not getattr(im, "is_animated", False)
+            fast = decode_gray8_png(data, w, h) if plain_gray_png else None
+            if fast is not None:
+                return fast, w, h, depth
             im.load()
         except UnidentifiedImageError as e:  # its message holds a memory address: keep rejects reproducible
             raise ImageDecodeError(path, "not_an_image", "no image format recognised (PIL)") from e
@@ -112,6 +125,19 @@ def _decode_pil(data: bytes, path: str, min_side: int | None) -> tuple[np.ndarra
     if getattr(im, "n_frames", 1) > 1:
         im.seek(0)
     return to_gray8(im, path), w, h, depth
+
+
+def decode_gray8_png(data: bytes, width: int, height: int) -> np.ndarray | None:
+    """Pixels of a complete 8-bit grayscale PNG through OpenCV, or None (use Pillow instead).
+
+    None for any other bit depth / colour type (IHDR bytes 24-25), a file that does not end with
+    IEND (cut off: Pillow names the problem), or a result that is not (height, width) uint8."""
+    if data[24:26] != b"\x08\x00" or not data.endswith(_PNG_IEND):
+        return None
+    arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if arr is None or arr.shape != (height, width) or arr.dtype != np.uint8:
+        return None
+    return arr
 
 
 def _reason(e: Exception) -> str:

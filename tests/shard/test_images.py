@@ -10,7 +10,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from shard_testkit import cmyk_jpeg, cxr_like, palette_png, png16, rgba_png, truncated_jpeg, truncated_png
 
-from mixvlp_ds.shard.images import ImageDecodeError, array_to_gray8, load_image, rescale_to_uint8
+from mixvlp_ds.shard.images import ImageDecodeError, array_to_gray8, load_image, rescale_to_uint8, to_gray8
 
 TXV = "samples_original/torchxrayvision_tests"
 DICOM = f"{TXV}/1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819.dcm"
@@ -157,3 +157,43 @@ def test_array_to_gray8_conversions():
     assert array_to_gray8(rgb).tolist() == [[150, 150]] * 2  # luma of pure green
     with pytest.raises(ValueError):
         array_to_gray8(np.zeros((2, 2, 2, 2)))
+
+
+def _pillow_pixels(path) -> np.ndarray:
+    im = Image.open(path)
+    im.load()
+    return np.asarray(im)
+
+
+def test_fast_png_decoder_matches_pillow_on_real_and_unusual_files(tmp_path, shared_data, monkeypatch):
+    """The OpenCV path for 8-bit grayscale PNG gives Pillow's pixels exactly, and is really taken."""
+    import mixvlp_ds.shard.images as images
+
+    taken = []
+    real_fast = images.decode_gray8_png
+    monkeypatch.setattr(images, "decode_gray8_png", lambda *a: taken.append(1) or real_fast(*a))
+    files = sorted((shared_data / "nih_cxr14/images_original").glob("*.png"))[:6]
+    a = cxr_like(3, 70, 90)
+    Image.fromarray(a).save(tmp_path / "interlaced.png", interlace=1)  # Adam7
+    Image.fromarray(a).save(tmp_path / "trns.png", transparency=7)  # gray tRNS: Pillow keeps mode L
+    Image.fromarray(a).save(tmp_path / "level9.png", compress_level=9)
+    files += [tmp_path / n for n in ("interlaced.png", "trns.png", "level9.png")]
+    for f in files:
+        ref = _pillow_pixels(f)
+        if ref.ndim != 2:
+            ref = to_gray8(Image.open(f))  # the RGBA file: Pillow path
+        assert np.array_equal(load_image(f).pixels, ref), f
+    assert len(taken) >= 6
+
+
+def test_corrupt_png_with_intact_end_keeps_pillows_reason(tmp_path):
+    """Damage inside the pixel data (IEND still present): OpenCV refuses it, Pillow classifies it."""
+    p = tmp_path / "a.png"
+    Image.fromarray(cxr_like(4, 120, 120)).save(p)
+    data = bytearray(p.read_bytes())
+    start = data.index(b"IDAT") + 4
+    data[start + 20:start + 60] = b"\xff" * 40  # broken deflate stream, file length unchanged
+    p.write_bytes(bytes(data))
+    with pytest.raises(ImageDecodeError) as e:
+        load_image(p)
+    assert e.value.reason in ("undecodable_image", "truncated_image") and "a.png" in str(e.value)
