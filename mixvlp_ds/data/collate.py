@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 import torch
 
@@ -38,9 +40,7 @@ def collate(samples: list[dict], tokenizer, mask_text: bool = False, label_space
             has_image[i] = True
         has_text[i] = s.get("text") is not None
     texts = [s["text"] if s.get("text") is not None else "" for s in samples]
-    enc = tokenizer(texts, max_length=max_text_len, truncation=True,
-                    padding="max_length" if pad_to_max else "longest", return_tensors="pt")
-    input_ids, attention_mask = enc["input_ids"].long(), enc["attention_mask"].long()
+    input_ids, attention_mask = tokenize(tokenizer, texts, max_text_len, pad_to_max)
     mlm_labels = torch.full_like(input_ids, -100)
     if mask_text:
         masked, labels = mask_tokens(input_ids, attention_mask, prob=mask_prob, generator=generator,
@@ -68,3 +68,40 @@ def collate(samples: list[dict], tokenizer, mask_text: bool = False, label_space
         "patient_id": [s["patient_id"] for s in samples],
     }
     return batch
+
+
+def tokenize(tokenizer, texts: list[str], max_len: int = MAX_LENGTH,
+             pad_to_max: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """texts -> (input_ids, attention_mask), int64 (B, max_len) (or (B, longest) without pad_to_max).
+
+    Equal to `tokenizer(texts, max_length=max_len, truncation=True, padding=..., return_tensors="pt")`
+    (tested). For a fast (Rust) tokenizer the batch goes straight to its `encode_batch` and the
+    ids into one numpy array: the transformers wrapper spends more time converting nested lists
+    to tensors than the Rust side takes to tokenize."""
+    encoder = _batch_encoder(tokenizer, max_len, pad_to_max)
+    if encoder is None:
+        enc = tokenizer(texts, max_length=max_len, truncation=True,
+                        padding="max_length" if pad_to_max else "longest", return_tensors="pt")
+        return enc["input_ids"].long(), enc["attention_mask"].long()
+    encs = encoder.encode_batch(texts)
+    ids = np.array([e.ids for e in encs], dtype=np.int64)
+    mask = np.array([e.attention_mask for e in encs], dtype=np.int64)
+    return torch.from_numpy(ids), torch.from_numpy(mask)
+
+
+@lru_cache(maxsize=8)
+def _batch_encoder(tokenizer, max_len: int, pad_to_max: bool):
+    """A private copy of a fast tokenizer's Rust tokenizer, set to truncate to `max_len` and pad
+    (to `max_len`, or to the longest row) as the transformers call would; None for a slow one.
+    A copy, because the wrapper re-configures its own backend on every call."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or tokenizer.pad_token_id is None or tokenizer.padding_side != "right":
+        return None
+    from tokenizers import Tokenizer
+
+    enc = Tokenizer.from_str(backend.to_str())
+    enc.enable_truncation(max_len, strategy="longest_first", direction=tokenizer.truncation_side)
+    enc.enable_padding(direction="right", pad_id=tokenizer.pad_token_id,
+                       pad_type_id=tokenizer.pad_token_type_id, pad_token=tokenizer.pad_token,
+                       length=max_len if pad_to_max else None)
+    return enc

@@ -24,6 +24,7 @@ from PIL import Image
 from mixvlp_ds.data.faults import FaultCounter
 from mixvlp_ds.data.s3 import open_s3, read_s3_bytes
 from mixvlp_ds.shard.format import LABEL_SPACES, image_field, level_sizes
+from mixvlp_ds.shard.images import decode_gray8_png
 from mixvlp_ds.storage import is_s3
 
 
@@ -178,7 +179,14 @@ def _make(key, fields, shard: ShardRef, faults: FaultCounter, institution: str) 
 # ----------------------------------------------------------------------------- decoding
 
 def decode_png(data: bytes, size: int, name: str) -> np.ndarray:
-    """8-bit grayscale PNG -> uint8 (size, size); SampleError when it is not one."""
+    """8-bit grayscale PNG -> uint8 (size, size); SampleError when it is not one.
+
+    The shard writer's PNGs take OpenCV's decoder (~4x faster than Pillow at 224 px, the same
+    pixels); anything else (another mode, a wrong size, a damaged file) goes through Pillow,
+    which converts it or names the problem."""
+    fast = decode_gray8_png(data, size, size)
+    if fast is not None:
+        return fast
     try:
         with Image.open(io.BytesIO(data)) as im:
             if im.mode != "L":
