@@ -1,0 +1,295 @@
+"""Regeneration of held-out REAL radiographs: NIH ChestX-ray14 images of test patients regenerated
+by a model pre-trained on synthetic nih-like images + the training patients' NIH images.
+
+    python -m mixvlp_ds.apps.nih_regen --out runs/nih_regen                # the whole result, ~15 CPU-min
+    python -m mixvlp_ds.apps.nih_regen --out runs/x train.steps=50          # key=value: run-config overrides
+
+One command, five steps, each skipped when its output is already there (so a re-run only
+evaluates again; `--fresh` redoes everything):
+
+1. shards: `python -m mixvlp_ds.shard --source nih` on `<nih-dir>` (the 621 `images_512` JPEGs,
+   patient-hash split train/val/test) and `--source synthetic --preset nih-like`, both at the run
+   config's image size;
+2. a held-out check: no patient of the evaluated split has an image in the training split
+   (pre-training reads `split: train` only), else it stops;
+3. a tokenizer (UWOX has a text embedding; image-only rows never use it);
+4. pre-training: `mixvlp_ds.train.pretrain.main` on `configs/nih_regen_pretrain.yaml` with the
+   paths filled in (written to `<out>/pretrain_config.yaml`);
+5. evaluation on the held-out split: the model row is `mixvlp_ds.evaluate.eval_regen` (the same
+   code as `python -m mixvlp_ds.evaluate --task regen`), recomputed here with the same masks to add
+   two references that need no training, scored on the same images:
+   - `coarse level upsampled`: the half-resolution level of the pyramid, bilinearly upsampled. The
+     multi-scale model sees this level intact while regenerating (only the finest level is
+     masked), so a model that beats it has learnt more than interpolation;
+   - `neighbour mean`: each masked 8 px patch filled with the mean of its visible 8-neighbour
+     patches (the same 7 disjoint masks as the model).
+
+Writes `<out>/results.json`, `<out>/results.md`, grids `original | regenerated | |error|`
+(`<out>/grids/ms_B<b>/NNN.png`) and comparison grids `original | model | coarse upsampled |
+neighbour mean | |model error|` (`<out>/grids/compare/NNN.png`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from mixvlp_ds.apps.regeneration import disjoint_masks, image_metrics, regenerate_images
+
+REPO = Path(__file__).resolve().parents[2]
+DEFAULT_NIH = REPO.parent / "shared" / "data" / "nih_cxr14"
+DEFAULT_CONFIG = REPO / "configs" / "nih_regen_pretrain.yaml"
+
+
+# ----------------------------------------------------------------------------- references
+def neighbour_mean(images: np.ndarray, masks: torch.Tensor, block: int) -> np.ndarray:
+    """(B, S, S) uint8, (P, N) disjoint finest-level masks -> (B, S, S) uint8: every patch, in the
+    pass that masks it, filled with the mean pixel of its visible 8-neighbour patches."""
+    b, s, _ = images.shape
+    side = s // block
+    means = images.reshape(b, side, block, side, block).astype(np.float64).mean(axis=(2, 4))
+    out = np.zeros((b, s, s))
+    shifts = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0)]
+    for m in masks:
+        masked = m.view(side, side).numpy()
+        visible = (~masked).astype(np.float64)
+        vals = np.pad(means * visible, ((0, 0), (1, 1), (1, 1)))
+        cnt = np.pad(visible, 1)
+        total = sum(vals[:, 1 + dy:1 + dy + side, 1 + dx:1 + dx + side] for dy, dx in shifts)
+        count = sum(cnt[1 + dy:1 + dy + side, 1 + dx:1 + dx + side] for dy, dx in shifts)
+        # a patch whose 8 neighbours are all masked takes the mean of the visible patches
+        fallback = (means * visible).sum(axis=(1, 2)) / max(visible.sum(), 1.0)
+        fill = np.where(count > 0, total / np.maximum(count, 1.0), fallback[:, None, None])
+        pix = np.kron(masked, np.ones((block, block), dtype=bool))
+        out[:, pix] = np.kron(fill, np.ones((1, block, block)))[:, pix]
+    return np.clip(np.round(out), 0, 255).astype(np.uint8)
+
+
+def coarse_upsampled(half: np.ndarray, size: int) -> np.ndarray:
+    """(B, S/2, S/2) uint8 pyramid level -> (B, S, S) uint8, bilinear."""
+    x = torch.from_numpy(half).float()[:, None]
+    up = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)[:, 0]
+    return up.round().clamp(0, 255).to(torch.uint8).numpy()
+
+
+def compare_grid(columns: list[np.ndarray], path: Path, zoom: int = 2) -> Path:
+    """One PNG of equally sized uint8 images side by side (nearest-neighbour zoom, 4 px gaps)."""
+    from PIL import Image
+
+    gap = np.full((columns[0].shape[0], 4), 255, np.uint8)
+    row = np.concatenate([c for col in columns for c in (col, gap)][:-1], axis=1)
+    row = row.repeat(zoom, 0).repeat(zoom, 1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(row, mode="L").save(path)
+    return path
+
+
+# ----------------------------------------------------------------------------- steps
+def write_shards(nih_dir: Path, nih_images: str, shards: Path, image_size: int, synthetic_num: int,
+                 seed: int) -> dict:
+    """The two shard folders (skipped when index.json exists); returns {name: (dir, command)}."""
+    from mixvlp_ds.shard.__main__ import main as shard_main
+
+    jobs = {
+        "nih": ["--source", "nih", "--nih-dir", str(nih_dir), "--nih-images", nih_images,
+                "--image-size", str(image_size), "--out", str(shards / f"nih-{image_size}")],
+        "nih-like": ["--source", "synthetic", "--preset", "nih-like", "--num", str(synthetic_num),
+                     "--seed", str(seed), "--image-size", str(image_size),
+                     "--out", str(shards / f"nih-like-{image_size}")],
+    }
+    done = {}
+    for name, argv in jobs.items():
+        out = Path(argv[-1])
+        if not (out / "index.json").is_file():
+            rc = shard_main(argv + ["--no-progress"])
+            if rc:
+                raise RuntimeError(f"python -m mixvlp_ds.shard {' '.join(argv)} failed (exit {rc})")
+        index = json.loads((out / "index.json").read_text())
+        if int(index["image_size"]) != image_size:
+            raise ValueError(f"{out}: written at {index['image_size']} px, the run needs {image_size} px "
+                             "(delete the folder or use --fresh)")
+        done[name] = {"dir": str(out), "command": "python -m mixvlp_ds.shard " + " ".join(argv)}
+    return done
+
+
+def held_out_check(nih_shards: str, split: str) -> dict:
+    """Patients of `split` vs the pre-training split `train`: must not overlap."""
+    from mixvlp_ds.data.reader import iter_samples
+
+    def patients(s: str) -> list[str]:
+        return [r["patient_id"] for r in iter_samples(nih_shards, s) if r["pyramid"] is not None]
+
+    train, held = patients("train"), patients(split)
+    shared = sorted(set(train) & set(held))
+    if shared:
+        raise RuntimeError(f"{nih_shards}: {len(shared)} patient(s) of split {split!r} also in train "
+                           f"(e.g. {shared[:3]}): the evaluation would not be held out")
+    return {"train_images": len(train), "train_patients": len(set(train)), "eval_split": split,
+            "eval_images": len(held), "eval_patients": len(set(held)), "shared_patients": 0}
+
+
+def make_tokenizer(out: Path) -> str:
+    """A small WordPiece vocabulary from synthetic reports: UWOX builds a text embedding, which
+    image-only rows never use (so its content does not affect the result)."""
+    from mixvlp_ds.shard.sources.synthetic import SyntheticSource
+    from mixvlp_ds.text.tokenizer import train_tokenizer
+
+    if not (out / "tokenizer.json").is_file():
+        texts = [it.text for it in SyntheticSource("mimic-like", num=200).items(None)]
+        train_tokenizer(texts, out, vocab_size=512)
+    return str(out)
+
+
+def pretrain(config: Path, out: Path, shards: dict, tokenizer: str, overrides: list[str]) -> tuple[Path, str]:
+    """Fill the config's paths, write it to <out>/pretrain_config.yaml and train (skipped when
+    <out>/pretrain/model exists). Returns (model dir, the command line)."""
+    import yaml
+
+    from mixvlp_ds.train.pretrain import main as pretrain_main
+
+    raw = yaml.safe_load(config.read_text())
+    raw["tokenizer"] = tokenizer
+    raw["train"]["output_dir"] = str(out / "pretrain")
+    uris = {"nih": shards["nih"]["dir"], "nih-like": shards["nih-like"]["dir"]}
+    for src in raw["data"]["sources"]:
+        src["uri"] = uris[src["name"]]
+    resolved = out / "pretrain_config.yaml"
+    resolved.write_text(f"# {config} with this run's paths (written by mixvlp_ds.apps.nih_regen)\n"
+                        + yaml.safe_dump(raw, sort_keys=False))
+    argv = ["--config", str(resolved), *overrides]
+    model_dir = out / "pretrain" / "model"
+    if not (model_dir / "config.json").is_file():
+        pretrain_main(argv)
+    return model_dir, "python launchers/pretrain.py " + " ".join(argv)
+
+
+def evaluate(model_dir: Path, nih_shards: str, split: str, out: Path, num_images: int, grids: int,
+             seed: int = 0, batch_size: int = 16) -> dict:
+    """The model (eval_regen) and the two references on the same held-out images and masks."""
+    from mixvlp_ds.data.reader import iter_samples
+    from mixvlp_ds.evaluate import eval_regen
+    from mixvlp_ds.model import MixVLP
+
+    official = eval_regen(str(model_dir), nih_shards, split, out, num_images or 10**9, grids,
+                          batch_size, seed)
+    model = MixVLP.from_pretrained(model_dir).eval()
+    size, block, ratio = model.cfg.image_size, model.cfg.block_size, model.cfg.image_mask_ratio
+    samples = [s for s in iter_samples(nih_shards, split, image_size=size) if s["pyramid"] is not None]
+    samples = samples[:num_images] if num_images else samples
+    n = model.cfg.patches_per_level()[0]
+    cols: dict[str, list[np.ndarray]] = {"original": [], "model": [], "coarse": [], "neighbour": []}
+    for i in range(0, len(samples), batch_size):        # the batches and seeds of eval_regen
+        chunk = [s["pyramid"] for s in samples[i:i + batch_size]]
+        pyr = [torch.from_numpy(np.stack([p[level] for p in chunk])) for level in range(3)]
+        masks = disjoint_masks(n, ratio, torch.Generator().manual_seed(seed + i))
+        cols["model"].append(regenerate_images(model, pyr, ratio, seed + i))
+        cols["original"].append(pyr[0].numpy())
+        cols["coarse"].append(coarse_upsampled(pyr[1].numpy(), size))
+        cols["neighbour"].append(neighbour_mean(pyr[0].numpy(), masks, block))
+    arr = {k: np.concatenate(v) for k, v in cols.items()}
+    rows = {name: image_metrics(arr["original"], arr[key])
+            for name, key in [("model", "model"), ("coarse level upsampled", "coarse"),
+                              ("neighbour mean", "neighbour")]}
+    if abs(rows["model"]["mse"] - official["mse"]) > 1e-6 * max(1.0, official["mse"]):
+        raise RuntimeError(f"model MSE {rows['model']['mse']} differs from eval_regen's {official['mse']}")
+    mse_model = np.array(rows["model"]["per_image"]["mse"])
+    for r in rows.values():
+        r["model_better_share"] = float(np.mean(mse_model < np.array(r["per_image"]["mse"])))
+    err = np.abs(arr["original"].astype(np.int16) - arr["model"].astype(np.int16)).astype(np.uint8)
+    compare = [str(compare_grid([arr["original"][k], arr["model"][k], arr["coarse"][k],
+                                 arr["neighbour"][k], err[k]], out / "grids" / "compare" / f"{k:03d}.png"))
+               for k in range(min(grids, len(samples)))]
+    keys = [s["key"] for s in samples]
+    return {"variant": official["variant"], "image_size": size, "block_size": block, "n": len(samples),
+            "keys": keys, "rows": rows, "grids": official["grids"], "compare_grids": compare}
+
+
+def table(rows: dict) -> str:
+    lines = ["| regeneration | MSE (0-255) | PSNR (dB) | SSIM | model better (per-image MSE) |",
+             "|---|---|---|---|---|"]
+    for name, r in rows.items():
+        better = "-" if name == "model" else f"{100 * r['model_better_share']:.0f}%"
+        lines.append(f"| {name} | {r['mse']:.1f} | {r['psnr']:.2f} | {r['ssim']:.4f} | {better} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(prog="python -m mixvlp_ds.apps.nih_regen", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--nih-dir", type=Path, default=DEFAULT_NIH)
+    p.add_argument("--nih-images", default="images_512", help="glob of image folders under --nih-dir")
+    p.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+    p.add_argument("--out", type=Path, default=Path("runs/nih_regen"))
+    p.add_argument("--synthetic-num", type=int, default=1000, help="synthetic nih-like records")
+    p.add_argument("--split", default="test", help="held-out NIH split to regenerate")
+    p.add_argument("--num-images", type=int, default=0, help="0 = every image of the split")
+    p.add_argument("--grids", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 on a shared CPU)")
+    p.add_argument("--fresh", action="store_true", help="delete <out> first (no step is skipped)")
+    p.add_argument("overrides", nargs="*", help="run-config overrides, e.g. train.steps=50")
+    args = p.parse_args(argv)
+    from mixvlp_ds.train.config import load_run_config
+
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    if args.fresh and args.out.exists():
+        import shutil
+        shutil.rmtree(args.out)
+    args.out.mkdir(parents=True, exist_ok=True)
+    run = load_run_config(args.config, args.overrides + ["tokenizer=unused"])  # sizes only
+    size = run.model.image_size
+    timings, t0 = {}, time.perf_counter()
+    shards = write_shards(args.nih_dir, args.nih_images, args.out / "shards", size, args.synthetic_num,
+                          args.seed)
+    held = held_out_check(shards["nih"]["dir"], args.split)
+    tokenizer = make_tokenizer(args.out / "tokenizer")
+    timings["shards_s"], t1 = time.perf_counter() - t0, time.perf_counter()
+    model_dir, pretrain_cmd = pretrain(args.config, args.out, shards, tokenizer, args.overrides)
+    timings["pretrain_s"], t2 = time.perf_counter() - t1, time.perf_counter()
+    res = evaluate(model_dir, shards["nih"]["dir"], args.split, args.out, args.num_images, args.grids,
+                   args.seed)
+    timings["evaluate_s"] = time.perf_counter() - t2
+    from mixvlp_ds.train.metrics import read_metrics
+
+    metrics_file = args.out / "pretrain" / "metrics.jsonl"
+    steps = read_metrics(metrics_file) if metrics_file.is_file() else {}
+    last = steps[max(steps)] if steps else {}
+    md = (f"Regeneration of {res['n']} held-out real NIH radiographs (split {args.split}, "
+          f"{held['eval_patients']} patients, none in pre-training), {size} px, {res['variant']}\n\n"
+          + table(res["rows"]))
+    summary = {
+        "task": "nih_regen", "held_out": held, "shards": shards, "pretrain_command": pretrain_cmd,
+        "model_dir": str(model_dir), "model": {k: getattr(run.model, k) for k in
+                                               ("image_size", "block_size", "hidden", "layers", "heads")},
+        "params": _count_params(model_dir),
+        "train_steps": last.get("step"), "final_loss": last.get("loss"), "timings": timings,
+        "machine": {"platform": platform.platform(), "processor": platform.processor(),
+                    "torch_threads": torch.get_num_threads()},
+        "results": {k: {kk: vv for kk, vv in r.items() if kk != "per_image"} for k, r in res["rows"].items()},
+        "per_image": {"keys": res["keys"], **{k: r["per_image"] for k, r in res["rows"].items()}},
+        "grids": res["grids"], "compare_grids": res["compare_grids"],
+    }
+    (args.out / "results.json").write_text(json.dumps(summary, indent=1))
+    (args.out / "results.md").write_text(md + "\n")
+    print(md)
+    print(f"[nih_regen] {json.dumps(timings)}; grids: {args.out / 'grids'}; "
+          f"results: {args.out / 'results.json'}")
+    return summary
+
+
+def _count_params(model_dir: Path) -> int:
+    from mixvlp_ds.model import MixVLP
+
+    return sum(p.numel() for p in MixVLP.from_pretrained(model_dir).parameters())
+
+
+if __name__ == "__main__":
+    main()
