@@ -154,22 +154,32 @@ def read_file(path: str | Path) -> dict[str, Any]:
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply `a.b.c=value` overrides (value parsed as YAML) to a nested dict, in place."""
+    """Apply `a.b.c=value` overrides (value parsed as YAML) to a nested dict, in place.
+
+    A numeric part indexes a list: `data.sources.0.uri=s3://b/p` changes the first source."""
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form key=value")
         key, raw = item.split("=", 1)
         parts = key.strip().split(".")
-        node = data
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override {item!r}: {p} is not a mapping")
-        try:
-            value = yaml.safe_load(raw)
-        except yaml.YAMLError:
-            value = raw
-        node[parts[-1]] = value
+        node: Any = data
+        for i, p in enumerate(parts):
+            last = i == len(parts) - 1
+            if isinstance(node, list):
+                if not p.isdigit() or int(p) >= len(node):
+                    raise ConfigError(f"override {item!r}: {p!r} is not an index of a list of {len(node)}")
+                p = int(p)
+            elif not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {parts[i - 1]} is not a mapping or list")
+            if last:
+                try:
+                    node[p] = yaml.safe_load(raw)
+                except yaml.YAMLError:
+                    node[p] = raw
+            elif isinstance(node, dict):
+                node = node.setdefault(p, {})
+            else:
+                node = node[p]
     return data
 
 

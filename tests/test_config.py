@@ -63,6 +63,15 @@ def test_errors_name_the_problem(override, message):
         load_config(Outer, None, override)
 
 
+def test_list_items_by_index(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("sources:\n  - {uri: a, role: paired}\n  - {uri: b}\n")
+    cfg = load_config(Outer, path, ["sources.1.uri=s3://bucket/b"])
+    assert cfg.sources == [{"uri": "a", "role": "paired"}, {"uri": "s3://bucket/b"}]
+    with pytest.raises(ConfigError, match="not an index"):
+        load_config(Outer, path, ["sources.2.uri=c"])
+
+
 def test_bad_file_is_named(tmp_path):
     path = tmp_path / "broken.yaml"
     path.write_text("lr: [1, 2\n")
