@@ -1,11 +1,11 @@
 """The README's main job: the whole story on the embedded synthetic institutions, on a CPU.
 
-    python -m mixvlp_ds.quickstart [--out runs/quickstart] [--shards shards] [--steps 120]
+    python -m mixvlp_ds.quickstart [--out runs/quickstart] [--shards shards] [--steps 1500]
 
 1. draws three synthetic institutions (mimic-like: paired; nih-like: image-only; openi-like: the
    labelled test institution) and writes them as WebDataset shards (32 px pyramids);
 2. trains a WordPiece tokenizer on the mimic-like training reports;
-3. pre-trains a tiny UWOX model with the Mix-up 2 sampler (configs/tiny_cpu.yaml);
+3. pre-trains a tiny UWOX model with the Mix-up 2 sampler (configs/quickstart_pretrain.yaml);
 4. fine-tunes and evaluates classification (AUC) and hash retrieval (P@K) on openi-like, and
    evaluates patch regeneration (MSE/PSNR/SSIM) on its test images;
 5. prints the tables and says where the results, plots and checkpoints are.
@@ -23,7 +23,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
 INSTITUTIONS = (("mimic-like", 1200), ("nih-like", 800), ("openi-like", 800))
-IMAGE_SIZE = 32  # the tiny model's image size (configs/tiny_cpu.yaml)
+IMAGE_SIZE = 32  # the tiny model's image size (configs/quickstart_pretrain.yaml)
+PRETRAIN_CONFIG = "quickstart_pretrain.yaml"
+FINETUNE_CONFIG = "quickstart_finetune.yaml"
 
 
 def step(title: str) -> None:
@@ -65,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/quickstart", help="run folder (checkpoints, results, plots)")
     p.add_argument("--shards", default="shards", help="where the synthetic shard folders go")
-    p.add_argument("--steps", type=int, default=120, help="pre-training optimizer steps")
+    p.add_argument("--steps", type=int, default=1500, help="pre-training optimizer steps")
     p.add_argument("--workers", type=int, default=2, help="processes for sharding")
     args = p.parse_args(argv)
     out, t0 = Path(args.out), time.time()
@@ -83,9 +85,9 @@ def main(argv: list[str] | None = None) -> None:
     else:
         from mixvlp_ds.train.pretrain import main as pretrain
 
-        pretrain(["--config", str(CONFIGS / "tiny_cpu.yaml"), f"tokenizer={tok}",
+        pretrain(["--config", str(CONFIGS / PRETRAIN_CONFIG), f"tokenizer={tok}",
                   f"train.output_dir={out / 'pretrain'}", f"train.steps={args.steps}",
-                  "train.log_every=10", *source_overrides(shards)])
+                  "train.log_every=50", *source_overrides(shards)])
 
     from mixvlp_ds.apps.finetune import main as finetune
     from mixvlp_ds.evaluate import main as evaluate
@@ -95,7 +97,7 @@ def main(argv: list[str] | None = None) -> None:
         step(f"4/5 fine-tune + evaluate on openi-like: {task}")
         d = out / f"finetune_{task}"
         if not (d / "results.json").is_file():
-            finetune(["--config", str(CONFIGS / "finetune_tiny.yaml"), "--task", task, f"init={model_dir}",
+            finetune(["--config", str(CONFIGS / FINETUNE_CONFIG), "--task", task, f"init={model_dir}",
                       f"shards={shards['openi-like']}", f"output_dir={d}"])
         results[task] = d
 
@@ -116,7 +118,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def source_overrides(shards: dict[str, Path]) -> list[str]:
-    """Point configs/tiny_cpu.yaml's two sources at the folders written here."""
+    """Point the pre-training config's two sources at the folders written here."""
     sources = [{"name": "mimic-like", "uri": str(shards["mimic-like"]), "role": "paired"},
                {"name": "nih-like", "uri": str(shards["nih-like"]), "role": "image_only"}]
     return [f"data.sources={json.dumps(sources)}"]
