@@ -27,7 +27,7 @@ from mixvlp_ds.apps.classification import (
     feature_dim,
     pooled_features,
 )
-from mixvlp_ds.apps.finetune import HEAD_INFO, FinetuneConfig, Rows, load_split_samples, usable
+from mixvlp_ds.apps.finetune import HEAD_INFO, FinetuneConfig, Rows, load_split_samples, make_pool, usable
 from mixvlp_ds.apps.hashing import HashHead
 from mixvlp_ds.apps.loop import predict
 from mixvlp_ds.apps.retrieval import KS, evaluate_codes
@@ -50,14 +50,16 @@ def eval_cls(model_dir: Path, shards: str, split: str, batch_size: int = 32, max
 
     model, tok, info = _load(model_dir)
     names = LABEL_SPACES[info["label_space"]]
-    probe = LinearProbe(feature_dim(model, info["side"]), len(names))
+    pool = make_pool(model, info["side"], info.get("pool", "mean"), info.get("pool_level", 1))
+    probe = LinearProbe(feature_dim(model, info["side"], pool), len(names), pool)
     probe.load_state_dict(torch.load(model_dir / "probe.pt", map_location="cpu"))
     probe.eval()
     cfg = FinetuneConfig(shards=shards, label_space=info["label_space"], max_eval_samples=max_samples)
     ev = Rows(usable(load_split_samples(cfg, split, False), model.cfg.fusion, info["side"]), tok,
               info["label_space"], model.cfg.max_text_len, model.cfg.image_size)
     side = info["side"]
-    scores = predict(lambda rows: probe(pooled_features(model, ev.batch(rows), side)), len(ev), batch_size)
+    scores = predict(lambda rows: probe(pooled_features(model, ev.batch(rows), side, pool)), len(ev),
+                     batch_size)
     y = apply_label_policy(ev.labels, info["uncertain"])
     auc = metrics.auc_per_finding(y, scores, names)
     return {"row": info["row"], "auc": auc, "mean_auc": metrics.mean_auc(auc), "n": len(ev),
@@ -67,14 +69,16 @@ def eval_cls(model_dir: Path, shards: str, split: str, batch_size: int = 32, max
 def eval_retrieval(model_dir: Path, shards: str, split: str, batch_size: int = 32,
                    max_samples: int = 0) -> dict:
     model, tok, info = _load(model_dir)
-    head = HashHead(feature_dim(model, info["side"]), info["bits"])
+    pool = make_pool(model, info["side"], info.get("pool", "mean"), info.get("pool_level", 1))
+    head = HashHead(feature_dim(model, info["side"], pool), info["bits"], pool)
     head.load_state_dict(torch.load(model_dir / "hash_head.pt", map_location="cpu"))
     head.eval()
     cfg = FinetuneConfig(shards=shards, label_space=info["label_space"], max_eval_samples=max_samples)
     ev = Rows(usable(load_split_samples(cfg, split, False), model.cfg.fusion, info["side"]), tok,
               info["label_space"], model.cfg.max_text_len, model.cfg.image_size)
     side = info["side"]
-    codes = predict(lambda rows: head(pooled_features(model, ev.batch(rows), side)), len(ev), batch_size)
+    codes = predict(lambda rows: head(pooled_features(model, ev.batch(rows), side, pool)), len(ev),
+                    batch_size)
     res = evaluate_codes(codes, binary_labels(ev.labels, info["uncertain"]), KS)
     res["query"] = info["query"]
     return res

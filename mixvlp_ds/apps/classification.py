@@ -1,5 +1,10 @@
 """Classification: global average pooling + one linear layer on F_img and on F_txt, BCE over findings.
 
+Image pooling (`pool`, opt-in; the paper is `mean`): `level_concat` flattens the F_img tokens of one
+pyramid level (`pool_level`: 0 finest, 1 mid, 2 coarse) so that the linear layer sees where each
+token is; `attention` is a learned attention pooling (one query + a per-position bias) over all
+F_img tokens. F_txt is always averaged over its real tokens (docs/applications.md, "Pooling").
+
 Table 1 rows (METHOD.md): UWOX encodes each modality alone -> `img_only` (head on pooled F_img of
 the image) and `txt_only` (head on pooled F_txt of the report); UNIT fuses the pair -> `img+txt`
 (head on pooled F_img of the pair) and `txt+img` (head on pooled F_txt of the pair).
@@ -21,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 UNCERTAIN_POLICIES = ("zeros", "ones", "ignore")
+POOLS = ("mean", "level_concat", "attention")
 ROWS = {"uwox": ("img_only", "txt_only"), "unit": ("img+txt", "txt+img"), "none": ("img_only", "txt_only")}
 
 
@@ -48,37 +54,80 @@ def masked_bce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logits[keep], targets[keep])
 
 
-class LinearProbe(nn.Module):
-    """GAP output (B, C) -> (B, K) finding logits: one linear layer, as in the paper."""
+class ImagePool(nn.Module):
+    """F_img tokens (B, N, C), levels finest first -> (B, out_dim) image feature.
 
-    def __init__(self, in_dim: int, num_findings: int):
+    mean          GAP over all N tokens (the paper): C
+    level_concat  tokens of level `level`, flattened in patch order, standardised: N_level * C
+    attention     softmax(F q / sqrt(C) + b_pos) weighted sum of the tokens: C
+    """
+
+    def __init__(self, kind: str, hidden: int, patches_per_level: Sequence[int], level: int = 1):
+        super().__init__()
+        if kind not in POOLS:
+            raise ValueError(f"pool {kind!r} is not one of {POOLS}")
+        if kind == "level_concat" and not 0 <= level < len(patches_per_level):
+            raise ValueError(f"pool_level={level}: the model has {len(patches_per_level)} image level(s)")
+        self.kind, self.level, self.sizes = kind, level, tuple(patches_per_level)
+        self.out_dim = hidden * (self.sizes[level] if kind == "level_concat" else 1)
+        if kind == "level_concat":
+            # Standardise each (patch, channel) feature (running statistics, no affine): the label
+            # signal sits in small deviations under large per-channel offsets of the final LayerNorm;
+            # a linear layer on the raw flattened tokens stays at the base rates (docs/applications.md).
+            self.norm = nn.BatchNorm1d(self.out_dim, affine=False)
+        if kind == "attention":
+            self.query = nn.Parameter(torch.zeros(hidden))
+            self.pos_bias = nn.Parameter(torch.zeros(sum(self.sizes)))   # zeros: starts as GAP
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        if self.kind == "mean":
+            return tokens.mean(dim=1)
+        if self.kind == "level_concat":
+            start = sum(self.sizes[:self.level])
+            return self.norm(tokens[:, start:start + self.sizes[self.level]].flatten(1))
+        scores = tokens @ self.query / tokens.shape[-1] ** 0.5 + self.pos_bias
+        return (scores.softmax(dim=1)[:, :, None] * tokens).sum(1)
+
+
+def image_pool(model, kind: str = "mean", level: int = 1) -> ImagePool:
+    """The ImagePool for this model's token layout."""
+    return ImagePool(kind, model.cfg.hidden, model.cfg.patches_per_level(), level)
+
+
+class LinearProbe(nn.Module):
+    """Pooled features (B, D) -> (B, K) finding logits: one linear layer, as in the paper.
+    `pool` (an ImagePool) rides along so its weights (attention) train and save with the probe."""
+
+    def __init__(self, in_dim: int, num_findings: int, pool: nn.Module | None = None):
         super().__init__()
         self.linear = nn.Linear(in_dim, num_findings)
+        self.pool = pool
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
         return self.linear(pooled)
 
 
-def pooled_features(model, batch: dict, side: str) -> torch.Tensor:
+def pooled_features(model, batch: dict, side: str, pool: ImagePool | None = None) -> torch.Tensor:
     """Pooled F_img or F_txt of a batch, by the model's fusion ('img' | 'txt' | 'both').
 
     UWOX / none: each side encoded alone (UWOX works with one modality). UNIT: the pair is fused
     and the requested side's fused tokens are pooled. 'both' concatenates the two pooled vectors
-    (image+text hash queries): (B, 2C)."""
+    (image+text hash queries): (B, D_img + C). `pool` pools F_img (None = GAP)."""
+    pool_img = pool if pool is not None else model.pool
     ids, att = batch["input_ids"], batch["attention_mask"]
     if model.cfg.fusion == "unit":
         f_img, f_txt = model.encode_pair(batch["pyramid"], ids, att)
-        p_img, p_txt = model.pool(f_img), model.pool(f_txt, att.to(f_txt.device))
+        p_img, p_txt = pool_img(f_img), model.pool(f_txt, att.to(f_txt.device))
         return {"img": p_img, "txt": p_txt, "both": torch.cat([p_img, p_txt], -1)}[side]
-    if side == "img":
-        return model.pooled_image(batch["pyramid"])
     if side == "txt":
         return model.pooled_text(ids, att)
-    return torch.cat([model.pooled_image(batch["pyramid"]), model.pooled_text(ids, att)], -1)
+    p_img = pool_img(model.encode_image(batch["pyramid"]))
+    return p_img if side == "img" else torch.cat([p_img, model.pooled_text(ids, att)], -1)
 
 
-def feature_dim(model, side: str) -> int:
-    return model.cfg.hidden * (2 if side == "both" else 1)
+def feature_dim(model, side: str, pool: ImagePool | None = None) -> int:
+    img = pool.out_dim if pool is not None else model.cfg.hidden
+    return {"img": img, "txt": model.cfg.hidden, "both": img + model.cfg.hidden}[side]
 
 
 def row_name(fusion: str, side: str) -> str:

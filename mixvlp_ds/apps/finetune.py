@@ -13,6 +13,8 @@ cls:       for each side (img, txt) a fresh copy of the encoder + GAP + linear, 
            -> ROC AUC per finding + mean (Table 1 rows img_only/txt_only or img+txt/txt+img).
 retrieval: for each query kind (image, text, image+text) a fresh copy + 64-bit hash layer, Cauchy
            hashing loss -> P@1/5/10/50 on the eval split (Table 3).
+`pool` (opt-in, default `mean` = the paper's GAP) changes how F_img is pooled for the image heads:
+`level_concat` (tokens of pyramid level `pool_level`, flattened) or `attention` (classification.py).
 Writes <output_dir>/results.json, results.md, plots, and per row the fine-tuned weights.
 """
 
@@ -30,11 +32,13 @@ import torch
 
 from mixvlp_ds.apps import metrics, plots, tables
 from mixvlp_ds.apps.classification import (
+    POOLS,
     UNCERTAIN_POLICIES,
     LinearProbe,
     apply_label_policy,
     binary_labels,
     feature_dim,
+    image_pool,
     masked_bce,
     pooled_features,
     row_name,
@@ -63,6 +67,8 @@ class FinetuneConfig:
     sides: list[str] = field(default_factory=lambda: ["img", "txt"])                 # cls
     queries: list[str] = field(default_factory=lambda: ["image", "text", "image+text"])  # retrieval
     uncertain: str = "zeros"                    # uncertain-label policy (classification.py)
+    pool: str = "mean"                          # F_img pooling: mean (paper) | level_concat | attention
+    pool_level: int = 1                         # level_concat: 0 finest, 1 mid, 2 coarse
     epochs: int = 10
     batch_size: int = 16
     lr: float = 1e-4
@@ -86,6 +92,8 @@ class FinetuneConfig:
         bad = [q for q in self.queries if q not in QUERY_SIDES]
         if bad:
             raise ConfigError(f"queries {bad}: each is one of {list(QUERY_SIDES)}")
+        if self.pool not in POOLS:
+            raise ConfigError(f"pool={self.pool!r} is not one of {POOLS}")
         if not 0 < self.percent <= 100:
             raise ConfigError(f"percent={self.percent} must lie in (0, 100]")
 
@@ -200,28 +208,37 @@ HEAD_INFO = "head.json"
 
 
 def write_head_info(d: Path, **info) -> None:
-    """What `python -m mixvlp_ds.evaluate` needs to rebuild the head: kind, side, label space, policy."""
+    """What `python -m mixvlp_ds.evaluate` needs to rebuild the head: kind, side, label space, policy,
+    image pooling (absent in older runs = mean)."""
     (d / HEAD_INFO).write_text(json.dumps(info, indent=2))
 
+
+def make_pool(m, side: str, kind: str, level: int):
+    """The image pooling of this head (None for the text side: F_txt is always averaged)."""
+    return None if side == "txt" else image_pool(m, kind, level)
 
 
 def _train_eval_side(cfg, model, init_dir, tr: Rows, ev: Rows, side: str, names, out: Path) -> dict:
     m = fresh_copy(model, init_dir, cfg.seed)
-    probe = LinearProbe(feature_dim(m, side), len(names))
+    pool = make_pool(m, side, cfg.pool, cfg.pool_level)
+    probe = LinearProbe(feature_dim(m, side, pool), len(names), pool)
     y_tr = apply_label_policy(torch.from_numpy(tr.labels), cfg.uncertain)
+
     def loss(rows):
-        return masked_bce(probe(pooled_features(m, tr.batch(rows), side)), y_tr[rows])
+        return masked_bce(probe(pooled_features(m, tr.batch(rows), side, pool)), y_tr[rows])
 
     stats = fit([m, probe], loss, len(tr), epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
                 weight_decay=cfg.weight_decay, seed=cfg.seed, name=f"cls-{side}")
-    scores = predict(lambda rows: probe(pooled_features(m, ev.batch(rows), side)), len(ev), cfg.batch_size)
+    scores = predict(lambda rows: probe(pooled_features(m, ev.batch(rows), side, pool)), len(ev),
+                     cfg.batch_size)
     y_ev = apply_label_policy(ev.labels, cfg.uncertain)
     auc = metrics.auc_per_finding(y_ev, scores, names)
     row = row_name(m.cfg.fusion, side)
     d = out / "models" / row.replace("+", "_")
     m.save_pretrained(d, tr.tok)
     torch.save(probe.state_dict(), d / "probe.pt")
-    write_head_info(d, kind="cls", side=side, row=row, label_space=tr.space, uncertain=cfg.uncertain)
+    write_head_info(d, kind="cls", side=side, row=row, label_space=tr.space, uncertain=cfg.uncertain,
+                    pool=pool.kind if pool else "mean", pool_level=cfg.pool_level)
     np.savez(d / "eval_scores.npz", scores=scores, labels=y_ev)
     if cfg.plots:
         plots.roc_curves(y_ev, scores, names, out / f"roc_{row.replace('+', '_')}.png", title=f"ROC, {row}")
@@ -232,22 +249,25 @@ def _train_eval_side(cfg, model, init_dir, tr: Rows, ev: Rows, side: str, names,
 def _train_eval_query(cfg, model, init_dir, tr: Rows, ev: Rows, query: str, out: Path) -> dict:
     side = QUERY_SIDES[query]
     m = fresh_copy(model, init_dir, cfg.seed)
-    head = HashHead(feature_dim(m, side), cfg.bits)
+    pool = make_pool(m, side, cfg.pool, cfg.pool_level)
+    head = HashHead(feature_dim(m, side, pool), cfg.bits, pool)
     y_tr = torch.from_numpy(binary_labels(tr.labels, cfg.uncertain))
 
     def loss(rows):
-        h = head(pooled_features(m, tr.batch(rows), side))
+        h = head(pooled_features(m, tr.batch(rows), side, pool))
         return cauchy_hashing_loss(h, y_tr[rows], cfg.gamma, cfg.quant_weight)["loss"]
 
     stats = fit([m, head], loss, len(tr), epochs=cfg.epochs, batch_size=max(cfg.batch_size, 2), lr=cfg.lr,
                 weight_decay=cfg.weight_decay, seed=cfg.seed, name=f"hash-{query}")
-    codes = predict(lambda rows: head(pooled_features(m, ev.batch(rows), side)), len(ev), cfg.batch_size)
+    codes = predict(lambda rows: head(pooled_features(m, ev.batch(rows), side, pool)), len(ev),
+                    cfg.batch_size)
     y_ev = binary_labels(ev.labels, cfg.uncertain)
     d = out / "models" / query.replace("+", "_")
     m.save_pretrained(d, tr.tok)
     torch.save(head.state_dict(), d / "hash_head.pt")
     write_head_info(d, kind="retrieval", side=side, query=query, label_space=tr.space,
-                    uncertain=cfg.uncertain, bits=cfg.bits)
+                    uncertain=cfg.uncertain, bits=cfg.bits, pool=pool.kind if pool else "mean",
+                    pool_level=cfg.pool_level)
     np.savez(d / "eval_codes.npz", codes=codes, labels=y_ev)
     res = evaluate_codes(codes, y_ev, KS)
     res.update(n_train=len(tr), train={k: stats[k] for k in ("steps", "seconds", "last_loss")},

@@ -37,11 +37,13 @@ DEFAULT_GAMMA = 20.0
 
 
 class HashHead(nn.Module):
-    """A linear layer from pooled features to `bits` hash logits."""
+    """A linear layer from pooled features to `bits` hash logits. `pool` (an image pooling module,
+    classification.ImagePool) rides along so that its weights train and save with the head."""
 
-    def __init__(self, in_dim: int, bits: int = DEFAULT_BITS):
+    def __init__(self, in_dim: int, bits: int = DEFAULT_BITS, pool: nn.Module | None = None):
         super().__init__()
         self.proj = nn.Linear(in_dim, bits)
+        self.pool = pool
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
         """(B, C) -> (B, bits): tanh relaxation while training, sign codes in eval mode."""
