@@ -84,7 +84,10 @@ class ImagePool(nn.Module):
             return tokens.mean(dim=1)
         if self.kind == "level_concat":
             start = sum(self.sizes[:self.level])
-            return self.norm(tokens[:, start:start + self.sizes[self.level]].flatten(1))
+            x = tokens[:, start:start + self.sizes[self.level]].flatten(1)
+            if self.training and x.shape[0] == 1:   # a last batch of one row: no batch statistics
+                return F.batch_norm(x, self.norm.running_mean, self.norm.running_var, training=False)
+            return self.norm(x)
         scores = tokens @ self.query / tokens.shape[-1] ** 0.5 + self.pos_bias
         return (scores.softmax(dim=1)[:, :, None] * tokens).sum(1)
 

@@ -22,6 +22,8 @@ def test_pool_shapes_and_level_slicing():
     assert torch.equal(mid(tokens), mid(other))
     other[:, 70] += 3.0
     assert not torch.equal(mid(tokens), mid(other))
+    mid.train()
+    assert mid(tokens[:1]).shape == (1, 128)          # a last training batch of one row works
     att = ImagePool("attention", 8, sizes)
     assert torch.allclose(att(tokens), tokens.mean(1), atol=1e-6)   # zero init = GAP
     with pytest.raises(ValueError, match="pool_level"):
