@@ -52,7 +52,7 @@ def eval_cls(model_dir: Path, shards: str, split: str, batch_size: int = 32, max
     names = LABEL_SPACES[info["label_space"]]
     pool = make_pool(model, info["side"], info.get("pool", "mean"), info.get("pool_level", 1))
     probe = LinearProbe(feature_dim(model, info["side"], pool), len(names), pool)
-    probe.load_state_dict(torch.load(model_dir / "probe.pt", map_location="cpu"))
+    probe.load_state_dict(torch.load(model_dir / "probe.pt", map_location="cpu", weights_only=True))
     probe.eval()
     cfg = FinetuneConfig(shards=shards, label_space=info["label_space"], max_eval_samples=max_samples)
     ev = Rows(usable(load_split_samples(cfg, split, False), model.cfg.fusion, info["side"]), tok,
@@ -71,7 +71,7 @@ def eval_retrieval(model_dir: Path, shards: str, split: str, batch_size: int = 3
     model, tok, info = _load(model_dir)
     pool = make_pool(model, info["side"], info.get("pool", "mean"), info.get("pool_level", 1))
     head = HashHead(feature_dim(model, info["side"], pool), info["bits"], pool)
-    head.load_state_dict(torch.load(model_dir / "hash_head.pt", map_location="cpu"))
+    head.load_state_dict(torch.load(model_dir / "hash_head.pt", map_location="cpu", weights_only=True))
     head.eval()
     cfg = FinetuneConfig(shards=shards, label_space=info["label_space"], max_eval_samples=max_samples)
     ev = Rows(usable(load_split_samples(cfg, split, False), model.cfg.fusion, info["side"]), tok,
