@@ -1,4 +1,4 @@
-"""BERT WordPiece tokenizer: read from a local directory, or trained on the training reports.
+"""BERT WordPiece tokenizer: read from a local directory, or built from the training reports.
 
 Nothing is downloaded. A trained tokenizer is saved as a directory that
 `transformers.AutoTokenizer.from_pretrained(DIR)` loads with no code of ours.
@@ -9,6 +9,7 @@ Nothing is downloaded. A trained tokenizer is saved as a directory that
 from __future__ import annotations
 
 import argparse
+from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -18,18 +19,40 @@ MAX_LENGTH = 150
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
+def build_vocab(texts: Iterable[str], vocab_size: int, min_frequency: int = 2) -> list[str]:
+    """A WordPiece vocabulary in a canonical order: the special tokens, every character seen (as a
+    word start and as a `##` continuation, so any word can be spelled), then whole words by
+    descending frequency (ties alphabetical) up to `vocab_size`.
+
+    Why not `tokenizers`' WordPieceTrainer: its result depends on hash-map iteration order (measured:
+    a different vocabulary, and so different token ids, in every process for the same reports),
+    which breaks reproducible runs. Report vocabularies are small (~10-20 k distinct words in
+    MIMIC-CXR), so whole words plus characters cover them well."""
+    from tokenizers import normalizers, pre_tokenizers
+
+    normalizer = normalizers.BertNormalizer(lowercase=True, strip_accents=True)
+    pre = pre_tokenizers.BertPreTokenizer()
+    counts: Counter[str] = Counter()
+    for text in texts:
+        if text:
+            counts.update(word for word, _ in pre.pre_tokenize_str(normalizer.normalize_str(text)))
+    chars = sorted({c for word in counts for c in word})
+    vocab = SPECIAL_TOKENS + chars + ["##" + c for c in chars]
+    words = sorted((w for w, n in counts.items() if n >= min_frequency and len(w) > 1),
+                   key=lambda w: (-counts[w], w))
+    return vocab + words[:max(0, vocab_size - len(vocab))]
+
+
 def train_tokenizer(texts: Iterable[str], out_dir: str | Path, vocab_size: int = 8000,
                     min_frequency: int = 2) -> PreTrainedTokenizerFast:
-    """Train an uncased BERT WordPiece tokenizer on `texts` and save it to `out_dir`."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    """Build an uncased BERT WordPiece tokenizer from `texts` (deterministic) and save it to `out_dir`."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    vocab = build_vocab(texts, vocab_size, min_frequency)
+    tok = Tokenizer(models.WordPiece({t: i for i, t in enumerate(vocab)}, unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(lowercase=True, strip_accents=True)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tok.decoder = decoders.WordPiece(prefix="##")
-    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
-                                        special_tokens=SPECIAL_TOKENS)
-    tok.train_from_iterator((t for t in texts if t), trainer=trainer)
     cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
