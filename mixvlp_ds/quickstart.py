@@ -33,12 +33,13 @@ def step(title: str) -> None:
     print(f"\n=== {title} ===", flush=True)
 
 
-def write_shards(root: Path, workers: int) -> dict[str, Path]:
+def write_shards(root: Path, workers: int, scale: float = 1.0) -> dict[str, Path]:
     from mixvlp_ds.shard.pipeline import ShardOptions, write_dataset
     from mixvlp_ds.shard.sources.synthetic import SyntheticSource
 
     out = {}
     for preset, num in INSTITUTIONS:
+        num = max(20, round(num * scale))
         d = root / preset
         out[preset] = d
         if (d / "index.json").is_file():
@@ -70,6 +71,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--shards", default="shards", help="where the synthetic shard folders go")
     p.add_argument("--steps", type=int, default=1500, help="pre-training optimizer steps")
     p.add_argument("--workers", type=int, default=2, help="processes for sharding")
+    p.add_argument("--scale", type=float, default=1.0, help="scale the synthetic record counts")
     args = p.parse_args(argv)
     out, t0 = Path(args.out), time.time()
     # Tiny models gain nothing from more threads, and on a busy machine OpenMP threads spin-wait
@@ -78,7 +80,7 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
     step("1/5 synthetic institutions -> shards")
-    shards = write_shards(Path(args.shards), args.workers)
+    shards = write_shards(Path(args.shards), args.workers, args.scale)
 
     step("2/5 tokenizer")
     tok = train_tokenizer(shards["mimic-like"], out / "tokenizer")
