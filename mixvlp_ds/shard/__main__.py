@@ -72,7 +72,8 @@ def build_parser(source: str | None = None) -> argparse.ArgumentParser:
     g.add_argument("--institution", help="institution name stored in meta.json and keys "
                                          "(default: the source's own, e.g. nih)")
     g.add_argument("--seed", type=int, default=0,
-                   help="seed for sources that draw (synthetic) or hash-split; recorded in index.json")
+                   help="seed of the synthetic source; recorded in index.json (hash splits of real "
+                        "sources are by patient id alone, so a patient keeps its split whatever the seed)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     if source is not None:
         load_source_module(source).add_arguments(p)
