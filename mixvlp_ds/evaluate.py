@@ -45,21 +45,32 @@ def _load(model_dir: Path):
         json.loads(info_path.read_text())
 
 
-def eval_cls(model_dir: Path, shards: str, split: str, batch_size: int = 32, max_samples: int = 0) -> dict:
-    from mixvlp_ds.shard.format import LABEL_SPACES
-
+def _load_with_rows(model_dir: Path, shards: str, split: str, max_samples: int):
+    """The fine-tuned model, its head info, its pooling and the evaluation rows of `split`."""
     model, tok, info = _load(model_dir)
-    names = LABEL_SPACES[info["label_space"]]
     pool = make_pool(model, info["side"], info.get("pool", "mean"), info.get("pool_level", 1))
-    probe = LinearProbe(feature_dim(model, info["side"], pool), len(names), pool)
-    probe.load_state_dict(torch.load(model_dir / "probe.pt", map_location="cpu", weights_only=True))
-    probe.eval()
     cfg = FinetuneConfig(shards=shards, label_space=info["label_space"], max_eval_samples=max_samples)
     ev = Rows(usable(load_split_samples(cfg, split, False), model.cfg.fusion, info["side"]), tok,
               info["label_space"], model.cfg.max_text_len, model.cfg.image_size)
+    return model, info, pool, ev
+
+
+def _head_outputs(head: torch.nn.Module, weights: Path, model, info: dict, pool, ev: Rows,
+                  batch_size: int):
+    """Load the head's weights, then run model + head over every evaluation row."""
+    head.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    head.eval()
     side = info["side"]
-    scores = predict(lambda rows: probe(pooled_features(model, ev.batch(rows), side, pool)), len(ev),
-                     batch_size)
+    return predict(lambda rows: head(pooled_features(model, ev.batch(rows), side, pool)), len(ev), batch_size)
+
+
+def eval_cls(model_dir: Path, shards: str, split: str, batch_size: int = 32, max_samples: int = 0) -> dict:
+    from mixvlp_ds.shard.format import LABEL_SPACES
+
+    model, info, pool, ev = _load_with_rows(model_dir, shards, split, max_samples)
+    names = LABEL_SPACES[info["label_space"]]
+    probe = LinearProbe(feature_dim(model, info["side"], pool), len(names), pool)
+    scores = _head_outputs(probe, model_dir / "probe.pt", model, info, pool, ev, batch_size)
     y = apply_label_policy(ev.labels, info["uncertain"])
     auc = metrics.auc_per_finding(y, scores, names)
     return {"row": info["row"], "auc": auc, "mean_auc": metrics.mean_auc(auc), "n": len(ev),
@@ -68,17 +79,9 @@ def eval_cls(model_dir: Path, shards: str, split: str, batch_size: int = 32, max
 
 def eval_retrieval(model_dir: Path, shards: str, split: str, batch_size: int = 32,
                    max_samples: int = 0) -> dict:
-    model, tok, info = _load(model_dir)
-    pool = make_pool(model, info["side"], info.get("pool", "mean"), info.get("pool_level", 1))
+    model, info, pool, ev = _load_with_rows(model_dir, shards, split, max_samples)
     head = HashHead(feature_dim(model, info["side"], pool), info["bits"], pool)
-    head.load_state_dict(torch.load(model_dir / "hash_head.pt", map_location="cpu", weights_only=True))
-    head.eval()
-    cfg = FinetuneConfig(shards=shards, label_space=info["label_space"], max_eval_samples=max_samples)
-    ev = Rows(usable(load_split_samples(cfg, split, False), model.cfg.fusion, info["side"]), tok,
-              info["label_space"], model.cfg.max_text_len, model.cfg.image_size)
-    side = info["side"]
-    codes = predict(lambda rows: head(pooled_features(model, ev.batch(rows), side, pool)), len(ev),
-                    batch_size)
+    codes = _head_outputs(head, model_dir / "hash_head.pt", model, info, pool, ev, batch_size)
     res = evaluate_codes(codes, binary_labels(ev.labels, info["uncertain"]), KS)
     res["query"] = info["query"]
     return res
