@@ -125,10 +125,8 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def source_overrides(shards: dict[str, Path]) -> list[str]:
-    """Point the pre-training config's two sources at the folders written here."""
-    sources = [{"name": "mimic-like", "uri": str(shards["mimic-like"]), "role": "paired"},
-               {"name": "nih-like", "uri": str(shards["nih-like"]), "role": "image_only"}]
-    return [f"data.sources={json.dumps(sources)}"]
+    """Point the pre-training config's sources (0: mimic-like, 1: nih-like) at the folders written here."""
+    return [f"data.sources.0.uri={shards['mimic-like']}", f"data.sources.1.uri={shards['nih-like']}"]
 
 
 if __name__ == "__main__":
