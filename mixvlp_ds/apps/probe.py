@@ -1,0 +1,252 @@
+"""Linear probes of frozen image features: did pre-training put the findings into F_img?
+
+    python -m mixvlp_ds.apps.probe --model mixup2=runs/sweep/mixup2/P5/pretrain/model \
+        --model baseline2=runs/sweep/baseline2/P5/pretrain/model --random --pixels \
+        --train-shards shards/mimic-like --eval-shards shards/openi-like \
+        --fractions 5 100 --seeds 0 1 2 --out runs/probe
+
+Fine-tuning mixes two questions: is the label signal in the features, and can a few hundred
+gradient steps on P% of the labels get it out? A probe answers the first alone (the MAE paper's
+linear probing): the encoder is frozen, each feature kind is computed once, and one logistic
+regression per finding is fitted on the P% patient subset of the training split (the sweep's
+subset, `in_paired_subset`) and scored on the evaluation split. Feature kinds per model:
+
+    gap       global average of the F_img tokens (what the paper's classifier reads), C values
+    level<l>  the F_img tokens of pyramid level l (0 = finest), flattened in patch order
+
+References that need no pre-training: `--random` (the first model's architecture with random
+weights, seed 0: Baseline 1's starting point) and `--pixels` (the raw pixels of each level).
+Pre-training helps where a model's row beats the random row at small P.
+
+A finding with one class in a training subset gets a constant score (AUC 0.5 where the
+evaluation split has both classes): a classifier that saw no positive has learned nothing.
+
+`--pair-match SHARDS` also asks whether a UWOX model's pair-matching head reads the report: each
+paired test image is scored with its own report and with the report of another study whose label
+vector differs; the AUC of true over swapped pairs is 0.5 for a head that looks at the image alone
+(e.g. one that learned which institution or subset an image comes from, a shortcut the mix-up
+scenarios offer when true pairs and re-paired tuples come from different images).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.preprocessing import StandardScaler
+
+from mixvlp_ds.apps import metrics
+from mixvlp_ds.apps.classification import binary_labels
+
+
+def image_rows(uri: str, split: str, label_space: str | None = None) -> dict:
+    """Every labelled image of a split: {"pyramid": [3 x (N, s, s) uint8], "labels": (N, K) float,
+    "patients": [N], "names": findings}."""
+    from mixvlp_ds.data.reader import iter_samples, read_index
+    from mixvlp_ds.shard.format import LABEL_SPACES
+
+    space = label_space or read_index(uri).get("label_space", "none")
+    rows = [s for s in iter_samples(uri, split, label_space=space) if s["pyramid"] is not None]
+    if not rows:
+        raise ValueError(f"{uri}: split {split!r} has no images")
+    levels = [np.stack([r["pyramid"][lv] for r in rows]) for lv in range(len(rows[0]["pyramid"]))]
+    return {"pyramid": levels, "labels": np.stack([np.asarray(r["labels"], np.float32) for r in rows]),
+            "patients": [str(r["patient_id"]) for r in rows], "names": list(LABEL_SPACES[space])}
+
+
+@torch.no_grad()
+def model_features(model, pyramid: list[np.ndarray], batch_size: int = 64) -> dict[str, np.ndarray]:
+    """Frozen F_img features of every image: {"gap": (N, C), "level<l>": (N, N_l * C)}."""
+    model.eval()
+    sizes = model.cfg.patches_per_level()
+    chunks: dict[str, list[np.ndarray]] = {}
+    for start in range(0, len(pyramid[0]), batch_size):
+        batch = [torch.from_numpy(lv[start:start + batch_size]) for lv in pyramid]
+        tokens = model.encode_image(batch).float()                        # (B, N, C)
+        feats = {"gap": tokens.mean(1)}
+        offsets = np.cumsum([0, *sizes])
+        for lv in range(len(sizes)):
+            feats[f"level{lv}"] = tokens[:, offsets[lv]:offsets[lv + 1]].flatten(1)
+        for k, v in feats.items():
+            chunks.setdefault(k, []).append(v.cpu().numpy())
+    return {k: np.concatenate(v) for k, v in chunks.items()}
+
+
+def pixel_features(pyramid: list[np.ndarray]) -> dict[str, np.ndarray]:
+    """Raw pixels of each level, flattened, in [0, 1]: {"level<l>": (N, s_l * s_l)}."""
+    return {f"level{lv}": x.reshape(len(x), -1).astype(np.float32) / 255.0 for lv, x in enumerate(pyramid)}
+
+
+def probe_auc(x_tr: np.ndarray, y_tr: np.ndarray, x_ev: np.ndarray, y_ev: np.ndarray,
+              names: list[str], c: float = 0.01) -> dict[str, float | None]:
+    """Standardise on the training rows, one L2 logistic regression per finding, AUC per finding.
+    y_*: (N, K) 0/1."""
+    scaler = StandardScaler().fit(x_tr)
+    a, b = scaler.transform(x_tr), scaler.transform(x_ev)
+    scores = np.zeros(y_ev.shape, np.float64)
+    for k in range(y_tr.shape[1]):
+        if len(np.unique(y_tr[:, k])) < 2:
+            continue                                   # no positive (or no negative) seen: constant
+        clf = LogisticRegression(C=c, max_iter=2000).fit(a, y_tr[:, k])
+        scores[:, k] = clf.decision_function(b)
+    return metrics.auc_per_finding(y_ev, scores, names)
+
+
+def run_probes(features: dict[str, dict[str, dict[str, np.ndarray]]], train: dict, ev: dict,
+               feature_keys: dict[str, str],
+               fractions: list[float], seeds: list[int], c: float = 0.01) -> dict:
+    """features: {model: {"train": {kind: X}, "eval": {kind: X}}}; feature_keys: {row name: "model/kind"}.
+    Returns {row: {percent: {"mean": m, "std": s, "per_seed": [...], "n_train": [...]}}}."""
+    y_tr, y_ev = binary_labels(train["labels"]), binary_labels(ev["labels"])
+    from mixvlp_ds.data.subset import in_paired_subset
+
+    out: dict[str, dict] = {}
+    for row, key in feature_keys.items():
+        model, kind = key.split("/")
+        x_tr, x_ev = features[model]["train"][kind], features[model]["eval"][kind]
+        out[row] = {}
+        for p in fractions:
+            aucs, counts = [], []
+            for seed in seeds:
+                keep = np.array([in_paired_subset(pid, p, seed) for pid in train["patients"]])
+                auc = probe_auc(x_tr[keep], y_tr[keep], x_ev, y_ev, ev["names"], c)
+                aucs.append(metrics.mean_auc(auc))
+                counts.append(int(keep.sum()))
+            out[row][f"{p:g}"] = {"mean": float(np.mean(aucs)), "std": float(np.std(aucs)),
+                                "per_seed": aucs, "n_train": counts}
+    return out
+
+
+def swap_partners(labels: np.ndarray, seed: int = 0) -> np.ndarray:
+    """For each row, another row whose label vector differs (NaN read as 0), drawn at random; the
+    next row when every row says the same. labels: (N, K) -> (N,) int."""
+    y = np.nan_to_num(np.asarray(labels, np.float32))
+    rng = np.random.default_rng(seed)
+    out = np.empty(len(y), np.int64)
+    for i in range(len(y)):
+        cand = np.flatnonzero((y != y[i]).any(1))
+        out[i] = rng.choice(cand) if len(cand) else (i + 1) % len(y)
+    return out
+
+
+@torch.no_grad()
+def pair_match_auc(model, tokenizer_dir: Path, uri: str, split: str = "test", batch_size: int = 64,
+                   seed: int = 0) -> dict:
+    """AUC of I_pair for (image, own report) against (same image, a report with other labels)."""
+    from mixvlp_ds.data.collate import tokenize
+    from mixvlp_ds.data.reader import iter_samples
+    from mixvlp_ds.text.tokenizer import load_tokenizer
+
+    if getattr(model, "pair_head", None) is None:
+        raise ValueError("the model has no pair-matching head (UWOX only)")
+    tok = load_tokenizer(tokenizer_dir)
+    rows = [s for s in iter_samples(uri, split) if s["pyramid"] is not None and s["text"]]
+    if len(rows) < 2:
+        raise ValueError(f"{uri}: split {split!r} has fewer than 2 paired rows")
+    other = swap_partners(np.stack([np.asarray(r["labels"], np.float32) for r in rows]), seed)
+    model.eval()
+    scores = {"own": [], "swapped": []}
+    for start in range(0, len(rows), batch_size):
+        idx = np.arange(start, min(start + batch_size, len(rows)))
+        pyr = [torch.from_numpy(np.stack([rows[i]["pyramid"][lv] for i in idx])) for lv in range(3)]
+        e_img = torch.cat(model.encode_levels(model.image_levels(pyr)), 1)
+        for kind, texts in (("own", idx), ("swapped", other[idx])):
+            ids, att = tokenize(tok, [rows[j]["text"] for j in texts], model.cfg.max_text_len, False)
+            e_txt = model.encode_words(ids, att)
+            logits = model.pair_head(e_txt, att.bool().to(e_txt.device), e_img)
+            scores[kind].append(logits.float().cpu().numpy())
+    own, swapped = np.concatenate(scores["own"]), np.concatenate(scores["swapped"])
+    y = np.r_[np.ones(len(own)), np.zeros(len(swapped))]
+    from sklearn.metrics import roc_auc_score
+
+    return {"auc": float(roc_auc_score(y, np.r_[own, swapped])), "n": len(rows),
+            "mean_logit_own": float(own.mean()), "mean_logit_swapped": float(swapped.mean())}
+
+
+def both_splits(extract, model, train: dict, ev: dict) -> dict:
+    """{"train": features, "eval": features} of one extractor (model_features or pixel_features)."""
+    if model is None:
+        return {"train": extract(train["pyramid"]), "eval": extract(ev["pyramid"])}
+    return {"train": extract(model, train["pyramid"]), "eval": extract(model, ev["pyramid"])}
+
+
+def table(results: dict, fractions: list[float]) -> str:
+    """Markdown: one row per feature, one column per P, mean +- sd over subset seeds."""
+    head = "| features | " + " | ".join(f"P{p:g}" for p in fractions) + " |"
+    lines = [head, "|---|" + "---|" * len(fractions)]
+    for row, cells in results.items():
+        vals = [f"{c['mean']:.3f} ± {c['std']:.3f}" for c in (cells[f"{p:g}"] for p in fractions)]
+        lines.append(f"| {row} | " + " | ".join(vals) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    from mixvlp_ds.model import MixVLP
+
+    ap = argparse.ArgumentParser(prog="python -m mixvlp_ds.apps.probe", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", action="append", default=[], metavar="NAME=DIR",
+                    help="a MixVLP directory (pre-training exports <output_dir>/model); repeatable")
+    ap.add_argument("--random", action="store_true",
+                    help="add the first model's architecture with random weights")
+    ap.add_argument("--pixels", action="store_true", help="add raw pixels of each level")
+    ap.add_argument("--kinds", nargs="+", default=["gap", "level1"], help="feature kinds of each model")
+    ap.add_argument("--train-shards", required=True)
+    ap.add_argument("--eval-shards", required=True)
+    ap.add_argument("--train-split", default="train")
+    ap.add_argument("--eval-split", default="test")
+    ap.add_argument("--fractions", nargs="+", type=float, default=[5.0, 100.0])
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="P%% subset seeds")
+    ap.add_argument("--C", type=float, default=0.01, help="inverse L2 strength of the logistic regressions")
+    ap.add_argument("--pair-match", nargs="*", default=[], metavar="SHARDS",
+                    help="also score each UWOX model's pair-matching head on these shards' test split")
+    ap.add_argument("--out", default="runs/probe")
+    args = ap.parse_args(argv)
+    if not args.model and not args.pixels:
+        ap.error("nothing to probe: give --model NAME=DIR and/or --pixels")
+
+    train = image_rows(args.train_shards, args.train_split)
+    ev = image_rows(args.eval_shards, args.eval_split)
+    features: dict[str, dict] = {}
+    keys: dict[str, str] = {}
+    pair_match: dict[str, dict] = {}
+    first = None
+    for spec in args.model:
+        name, _, d = spec.partition("=")
+        if not d:
+            ap.error(f"--model {spec!r}: expected NAME=DIR")
+        m = MixVLP.from_pretrained(Path(d))
+        first = first or m
+        features[name] = both_splits(model_features, m, train, ev)
+        keys.update({f"{name} {k}": f"{name}/{k}" for k in args.kinds})
+        for uri in args.pair_match:
+            pm = pair_match_auc(m, Path(d) / "tokenizer", uri, args.eval_split)
+            pair_match.setdefault(name, {})[uri] = pm
+            print(f"[probe] {name}: pair matching on {uri} ({pm['n']} images): AUC own vs swapped report "
+                  f"{pm['auc']:.3f}")
+    if args.random and first is not None:
+        torch.manual_seed(0)
+        m = MixVLP(first.cfg)
+        features["random"] = both_splits(model_features, m, train, ev)
+        keys.update({f"random init {k}": f"random/{k}" for k in args.kinds})
+    if args.pixels:
+        features["pixels"] = both_splits(pixel_features, None, train, ev)
+        keys.update({f"pixels {k}": f"pixels/{k}" for k in ("level0", "level1")})
+
+    results = run_probes(features, train, ev, keys, args.fractions, args.seeds, args.C)
+    md = table(results, args.fractions)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    record = {"args": vars(args), "results": results, "pair_match": pair_match}
+    (out / "probe.json").write_text(json.dumps(record, indent=2))
+    (out / "probe.md").write_text(md + "\n")
+    print(md)
+    print(f"[probe] {len(train['patients'])} train / {len(ev['patients'])} eval images; wrote {out}/probe.md")
+    return results
+
+
+if __name__ == "__main__":
+    main()
