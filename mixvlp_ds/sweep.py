@@ -9,23 +9,31 @@ Scenarios (METHOD.md "Data scenarios"):
     baseline2  pre-train on the same P% paired subset (data.scenario=baseline), then fine-tune
     mixup1     pre-train on P% paired + the rest of that institution re-paired (data.scenario=mixup1)
     mixup2     mixup1 + every image of the image-only institution with a random report (mixup2)
-Every cell fine-tunes on the SAME P% subset (same subset_seed as pre-training) and is scored by
-the mean AUC of `metric_row` (img_only by default) on the evaluation split.
+Every cell fine-tunes on the SAME P% subset as its pre-training and is scored by the mean AUC of
+each of `metric_rows` (img_only by default; txt_only needs `sides` to include txt) on the
+evaluation split. Each of `seeds` is a replicate: it draws its own P% subset (subset seed) and
+seeds pre-training and fine-tuning; tables give the mean +- standard deviation over seeds, since
+one seed's differences at small P are mostly which patients were drawn. `jobs` cells run at once
+(each in its own process; on a CPU give each one thread: OMP_NUM_THREADS=1).
 
-Output: <output_dir>/<scenario>/P<P>/{pretrain/, finetune/, result.json}, and
-<output_dir>/table2.{md,json} plus table2.png (mean AUC vs P per scenario).
+Output: <output_dir>/<scenario>/P<P>/seed<S>/{pretrain/, finetune/, result.json}, and
+<output_dir>/table2.{md,json} plus table2_<row>.png (mean AUC vs P per scenario).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing as mp
 import os
 import subprocess
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 from mixvlp_ds.apps import plots, tables
 from mixvlp_ds.config import ConfigError, load_config
@@ -47,8 +55,9 @@ class SweepConfig:
     finetune_config: str = ""                        # a FinetuneConfig YAML
     finetune_overrides: list[str] = field(default_factory=list)
     tokenizer: str = ""                              # for baseline1 (default: the pre-train config's)
-    metric_row: str = "img_only"
-    subset_seed: int = 0
+    metric_rows: list[str] = field(default_factory=lambda: ["img_only"])
+    seeds: list[int] = field(default_factory=lambda: [0])   # replicates: P% subset + training seeds
+    jobs: int = 1                                           # cells run at once, each in a process
 
     def validate(self) -> None:
         bad = [s for s in self.scenarios if s not in SCENARIOS]
@@ -56,10 +65,12 @@ class SweepConfig:
             raise ConfigError(f"scenarios {bad} unknown; known: {list(SCENARIOS)}")
         if not self.fractions or any(not 0 < p <= 100 for p in self.fractions):
             raise ConfigError(f"fractions {self.fractions} must lie in (0, 100]")
+        if not self.seeds or not self.metric_rows or self.jobs < 1:
+            raise ConfigError("seeds and metric_rows must not be empty, and jobs must be >= 1")
 
 
-def cell_dir(cfg: SweepConfig, scenario: str, percent: float) -> Path:
-    return Path(cfg.output_dir) / scenario / f"P{percent:g}"
+def cell_dir(cfg: SweepConfig, scenario: str, percent: float, seed: int) -> Path:
+    return Path(cfg.output_dir) / scenario / f"P{percent:g}" / f"seed{seed}"
 
 
 def scenario_sources(cfg: SweepConfig, scenario: str) -> list[str]:
@@ -77,7 +88,7 @@ def scenario_sources(cfg: SweepConfig, scenario: str) -> list[str]:
     return [] if len(paired) == len(sources) else [f"data.sources={json.dumps(paired)}"]
 
 
-def run_pretrain(cfg: SweepConfig, scenario: str, percent: float, out: Path) -> Path:
+def run_pretrain(cfg: SweepConfig, scenario: str, percent: float, seed: int, out: Path) -> Path:
     """Pre-train one cell in a fresh process (DeepSpeed state never leaks between cells);
     returns the exported MixVLP directory <out>/model."""
     model_dir = out / "model"
@@ -89,7 +100,7 @@ def run_pretrain(cfg: SweepConfig, scenario: str, percent: float, out: Path) -> 
         cmd += ["--deepspeed_config", cfg.deepspeed_config]
     cmd += [*cfg.pretrain_overrides, *scenario_sources(cfg, scenario),
             f"data.scenario={PRETRAIN_SCENARIO[scenario]}",
-            f"data.paired_percent={percent:g}", f"data.subset_seed={cfg.subset_seed}",
+            f"data.paired_percent={percent:g}", f"data.subset_seed={seed}", f"train.seed={seed}",
             f"train.output_dir={out}", "train.progress=false"]
     print(f"[sweep] {scenario} P{percent:g}: pre-training: {' '.join(cmd)}", flush=True)
     env = dict(os.environ)
@@ -116,29 +127,30 @@ def default_tokenizer(cfg: SweepConfig) -> str:
     return tok
 
 
-def run_cell(cfg: SweepConfig, scenario: str, percent: float) -> dict:
+def run_cell(cfg: SweepConfig, scenario: str, percent: float, seed: int) -> dict:
     from mixvlp_ds.apps.finetune import FinetuneConfig, run
 
-    d = cell_dir(cfg, scenario, percent)
+    d = cell_dir(cfg, scenario, percent, seed)
+    name = f"{scenario} P{percent:g} seed {seed}"
     done = d / "result.json"
     if done.is_file():
-        print(f"[sweep] {scenario} P{percent:g}: done before, skipped")
+        print(f"[sweep] {name}: done before, skipped")
         return json.loads(done.read_text())
     t0 = time.time()
     d.mkdir(parents=True, exist_ok=True)
-    overrides = [*cfg.finetune_overrides, "task=cls", f"percent={percent:g}",
-                 f"subset_seed={cfg.subset_seed}", f"output_dir={d / 'finetune'}"]
+    overrides = [*cfg.finetune_overrides, "task=cls", f"percent={percent:g}", f"subset_seed={seed}",
+                 f"seed={seed}", f"output_dir={d / 'finetune'}"]
     if scenario == "baseline1":
         overrides += ['init=""', f"tokenizer={default_tokenizer(cfg)}"]
     else:
-        overrides += [f"init={run_pretrain(cfg, scenario, percent, d / 'pretrain')}"]
+        overrides += [f"init={run_pretrain(cfg, scenario, percent, seed, d / 'pretrain')}"]
     ft = run(load_config(FinetuneConfig, cfg.finetune_config or None, overrides))
-    row = ft["results"].get(cfg.metric_row)
-    if row is None:
-        raise RuntimeError(f"{scenario} P{percent:g}: fine-tuning produced no {cfg.metric_row!r} row "
-                           f"(rows: {sorted(ft['results'])})")
-    result = {"scenario": scenario, "percent": percent, "metric_row": cfg.metric_row,
-              "mean_auc": row["mean_auc"], "auc": row["auc"], "n_train": row["n_train"],
+    missing = [r for r in cfg.metric_rows if r not in ft["results"]]
+    if missing:
+        raise RuntimeError(f"{name}: fine-tuning produced no {missing} row (rows: {sorted(ft['results'])}); "
+                           "metric_rows must match the fine-tuning's sides")
+    rows = {r: {k: ft["results"][r][k] for k in ("mean_auc", "auc", "n_train")} for r in cfg.metric_rows}
+    result = {"scenario": scenario, "percent": percent, "seed": seed, "rows": rows,
               "seconds": time.time() - t0}
     tmp = done.with_suffix(".tmp")
     tmp.write_text(json.dumps(result, indent=2))
@@ -147,25 +159,56 @@ def run_cell(cfg: SweepConfig, scenario: str, percent: float) -> dict:
 
 
 def run_sweep(cfg: SweepConfig) -> dict:
+    """Runs every (scenario, P, seed) cell not finished yet; returns {row: {scenario: {str(P):
+    {"mean", "std", "per_seed"}}}} over the finished cells."""
     cfg.validate()
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    cells: dict[str, dict[str, float | None]] = {}
-    for scenario in cfg.scenarios:
-        for p in cfg.fractions:
-            cells.setdefault(scenario, {})[str(p)] = run_cell(cfg, scenario, p)["mean_auc"]
-            write_outputs(cfg, cells)   # the table grows as cells finish
+    todo = [(s, p, seed) for seed in cfg.seeds for p in cfg.fractions for s in cfg.scenarios]
+    results: dict[tuple, dict] = {}
+    if cfg.jobs == 1:
+        for key in todo:
+            results[key] = run_cell(cfg, *key)
+            write_outputs(cfg, results)   # the table grows as cells finish
+    else:
+        with ProcessPoolExecutor(cfg.jobs, mp_context=mp.get_context("spawn")) as pool:
+            futures = {pool.submit(run_cell, cfg, *key): key for key in todo}
+            for f in as_completed(futures):
+                results[futures[f]] = f.result()
+                write_outputs(cfg, results)
+    return summarise(cfg, results)
+
+
+def summarise(cfg: SweepConfig, results: dict[tuple, dict]) -> dict:
+    """Mean and standard deviation over seeds of each (row, scenario, P) that has results."""
+    cells: dict[str, dict] = {}
+    for row in cfg.metric_rows:
+        for s in cfg.scenarios:
+            for p in cfg.fractions:
+                vals = [r["rows"][row]["mean_auc"] for (s2, p2, _), r in results.items()
+                        if (s2, p2) == (s, p) and r["rows"][row]["mean_auc"] is not None]
+                if vals:
+                    cells.setdefault(row, {}).setdefault(s, {})[str(p)] = {
+                        "mean": float(np.mean(vals)), "std": float(np.std(vals)), "per_seed": vals}
     return cells
 
 
-def write_outputs(cfg: SweepConfig, cells: dict) -> None:
+def write_outputs(cfg: SweepConfig, results: dict[tuple, dict]) -> None:
     out = Path(cfg.output_dir)
-    md = (f"Mean AUC ({cfg.metric_row}) by scenario and labelled fraction P\n\n"
-          + tables.table2(cells, cfg.fractions))
-    (out / "table2.md").write_text(md + "\n")
-    (out / "table2.json").write_text(json.dumps({"metric_row": cfg.metric_row, "fractions": cfg.fractions,
-                                                 "cells": cells}, indent=2))
-    plots.label_fraction(cells, cfg.fractions, out / "table2.png", title=f"mean AUC ({cfg.metric_row}) vs P")
+    cells = summarise(cfg, results)
+    parts = []
+    for row, by_scenario in cells.items():
+        shown = {s: {p: (f"{c['mean']:.3f} ± {c['std']:.3f} ({len(c['per_seed'])})" if len(cfg.seeds) > 1
+                         else c["mean"]) for p, c in v.items()} for s, v in by_scenario.items()}
+        parts.append(f"Mean AUC ({row}) by scenario and labelled fraction P"
+                     + (" (mean ± sd over seeds (n))" if len(cfg.seeds) > 1 else "") + "\n\n"
+                     + tables.table2(shown, cfg.fractions))
+        plots.label_fraction({s: {p: c["mean"] for p, c in v.items()} for s, v in by_scenario.items()},
+                             cfg.fractions, out / f"table2_{row}.png", title=f"mean AUC ({row}) vs P",
+                             errors={s: {p: c["std"] for p, c in v.items()} for s, v in by_scenario.items()})
+    (out / "table2.md").write_text("\n\n".join(parts) + "\n")
+    (out / "table2.json").write_text(json.dumps({"metric_rows": cfg.metric_rows, "fractions": cfg.fractions,
+                                                 "seeds": cfg.seeds, "cells": cells}, indent=2))
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -177,7 +220,7 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = load_config(SweepConfig, args.config, args.overrides)
     cells = run_sweep(cfg)
     print((Path(cfg.output_dir) / "table2.md").read_text())
-    print(f"[sweep] plot: {Path(cfg.output_dir) / 'table2.png'}")
+    print(f"[sweep] plots: {Path(cfg.output_dir)}/table2_<row>.png")
     return cells
 
 

@@ -56,12 +56,13 @@ def p_at_k_curves(results: dict[str, dict], path: str | Path, title: str = "") -
 
 
 def label_fraction(cells: dict[str, dict[str, float | None]], fractions: Sequence[float], path: str | Path,
-                   title: str = "") -> Path:
-    """cells: {scenario: {str(P): mean AUC or None}}."""
+                   title: str = "", errors: dict[str, dict[str, float]] | None = None) -> Path:
+    """cells: {scenario: {str(P): mean AUC or None}}; errors: the same layout, error bar half-widths."""
     fig, ax = plt.subplots(figsize=(6, 4))
     for s, v in cells.items():
         xs = [p for p in fractions if v.get(str(p)) is not None]
-        ax.plot(xs, [v[str(p)] for p in xs], marker="o", label=s)
+        err = [(errors or {}).get(s, {}).get(str(p), 0.0) for p in xs]
+        ax.errorbar(xs, [v[str(p)] for p in xs], yerr=err if errors else None, marker="o", capsize=3, label=s)
     ax.set(xscale="log", xlabel="labelled fraction P (%)", ylabel="mean AUC", title=title or "mean AUC vs P")
     ax.legend()
     return _save(fig, path)
