@@ -14,7 +14,10 @@ each of `metric_rows` (img_only by default; txt_only needs `sides` to include tx
 evaluation split. Each of `seeds` is a replicate: it draws its own P% subset (subset seed) and
 seeds pre-training and fine-tuning; tables give the mean +- standard deviation over seeds, since
 one seed's differences at small P are mostly which patients were drawn. `jobs` cells run at once
-(each in its own process; on a CPU give each one thread: OMP_NUM_THREADS=1).
+(each in its own process; on a CPU give each one thread: OMP_NUM_THREADS=1). With `probe: true`
+each cell also fits logistic regressions on the frozen features of its starting encoder (same P%
+subset): is the label signal in the pre-trained features at all, apart from how fine-tuning
+fares with few labels? Turning it on later adds the probes to finished cells without retraining.
 
 Output: <output_dir>/<scenario>/P<P>/seed<S>/{pretrain/, finetune/, result.json}, and
 <output_dir>/table2.{md,json} plus table2_<row>.png (mean AUC vs P per scenario).
@@ -58,6 +61,7 @@ class SweepConfig:
     metric_rows: list[str] = field(default_factory=lambda: ["img_only"])
     seeds: list[int] = field(default_factory=lambda: [0])   # replicates: P% subset + training seeds
     jobs: int = 1                                           # cells run at once, each in a process
+    probe: bool = False        # also probe each cell's frozen starting encoder (apps/probe.py)
 
     def validate(self) -> None:
         bad = [s for s in self.scenarios if s not in SCENARIOS]
@@ -133,29 +137,60 @@ def run_cell(cfg: SweepConfig, scenario: str, percent: float, seed: int) -> dict
     d = cell_dir(cfg, scenario, percent, seed)
     name = f"{scenario} P{percent:g} seed {seed}"
     done = d / "result.json"
-    if done.is_file():
-        print(f"[sweep] {name}: done before, skipped")
-        return json.loads(done.read_text())
-    t0 = time.time()
-    d.mkdir(parents=True, exist_ok=True)
     overrides = [*cfg.finetune_overrides, "task=cls", f"percent={percent:g}", f"subset_seed={seed}",
                  f"seed={seed}", f"output_dir={d / 'finetune'}"]
     if scenario == "baseline1":
         overrides += ['init=""', f"tokenizer={default_tokenizer(cfg)}"]
+    if done.is_file():
+        result = json.loads(done.read_text())
+        if not cfg.probe or "probe" in result:
+            print(f"[sweep] {name}: done before, skipped")
+            return result
+        print(f"[sweep] {name}: done before; adding its frozen-feature probes")
     else:
-        overrides += [f"init={run_pretrain(cfg, scenario, percent, seed, d / 'pretrain')}"]
-    ft = run(load_config(FinetuneConfig, cfg.finetune_config or None, overrides))
-    missing = [r for r in cfg.metric_rows if r not in ft["results"]]
-    if missing:
-        raise RuntimeError(f"{name}: fine-tuning produced no {missing} row (rows: {sorted(ft['results'])}); "
-                           "metric_rows must match the fine-tuning's sides")
-    rows = {r: {k: ft["results"][r][k] for k in ("mean_auc", "auc", "n_train")} for r in cfg.metric_rows}
-    result = {"scenario": scenario, "percent": percent, "seed": seed, "rows": rows,
-              "seconds": time.time() - t0}
+        t0 = time.time()
+        d.mkdir(parents=True, exist_ok=True)
+        if scenario != "baseline1":
+            overrides += [f"init={run_pretrain(cfg, scenario, percent, seed, d / 'pretrain')}"]
+        ft = run(load_config(FinetuneConfig, cfg.finetune_config or None, overrides))
+        missing = [r for r in cfg.metric_rows if r not in ft["results"]]
+        if missing:
+            raise RuntimeError(f"{name}: fine-tuning produced no {missing} row (rows: "
+                               f"{sorted(ft['results'])}); metric_rows must match the fine-tuning's sides")
+        rows = {r: {k: ft["results"][r][k] for k in ("mean_auc", "auc", "n_train")} for r in cfg.metric_rows}
+        result = {"scenario": scenario, "percent": percent, "seed": seed, "rows": rows,
+                  "seconds": time.time() - t0}
+    if cfg.probe:
+        if scenario != "baseline1":
+            overrides += [f"init={d / 'pretrain' / 'model'}"]
+        result["probe"] = cell_probe(cfg, load_config(FinetuneConfig, cfg.finetune_config or None, overrides),
+                                     percent, seed)
     tmp = done.with_suffix(".tmp")
     tmp.write_text(json.dumps(result, indent=2))
     tmp.replace(done)   # atomic: an interrupted cell is never taken for a finished one
     return result
+
+
+PROBE_SIDES = {"img_only": "img", "txt_only": "txt"}
+
+
+def cell_probe(cfg: SweepConfig, ft, percent: float, seed: int) -> dict[str, float | None]:
+    """Frozen-feature probes of the cell's starting encoder (pre-trained, or Baseline 1's random
+    init) on the same P% subset: is the label signal in the features, before any fine-tuning?
+    The image probe reads what the fine-tuning head reads (GAP, or the level_concat level)."""
+    import tempfile
+
+    from mixvlp_ds.apps import probe
+    from mixvlp_ds.apps.finetune import build_model
+
+    with tempfile.TemporaryDirectory(prefix="mixvlp-probe-") as cache:
+        model, tok, _ = build_model(ft, Path(cache))
+    space = ft.label_space or None
+    data = {side: (probe.labelled_rows(ft.shards, ft.train_split, side, space),
+                   probe.labelled_rows(ft.eval_shards or ft.shards, ft.eval_split, side, space))
+            for row, side in PROBE_SIDES.items() if row in cfg.metric_rows}
+    kind = f"level{ft.pool_level}" if ft.pool == "level_concat" else "gap"
+    return probe.probe_cell(model, tok, data, percent, seed, image_kind=kind)
 
 
 def run_sweep(cfg: SweepConfig) -> dict:
@@ -180,16 +215,22 @@ def run_sweep(cfg: SweepConfig) -> dict:
 
 
 def summarise(cfg: SweepConfig, results: dict[tuple, dict]) -> dict:
-    """Mean and standard deviation over seeds of each (row, scenario, P) that has results."""
+    """Mean and standard deviation over seeds of each (row, scenario, P) that has results; the
+    frozen-feature probes (sweep `probe: true`) appear as rows "<row>, frozen probe"."""
+    def value(r: dict, row: str, probed: bool):
+        return r.get("probe", {}).get(row) if probed else r["rows"][row]["mean_auc"]
+
     cells: dict[str, dict] = {}
-    for row in cfg.metric_rows:
-        for s in cfg.scenarios:
-            for p in cfg.fractions:
-                vals = [r["rows"][row]["mean_auc"] for (s2, p2, _), r in results.items()
-                        if (s2, p2) == (s, p) and r["rows"][row]["mean_auc"] is not None]
-                if vals:
-                    cells.setdefault(row, {}).setdefault(s, {})[str(p)] = {
-                        "mean": float(np.mean(vals)), "std": float(np.std(vals)), "per_seed": vals}
+    for probed in (False, True):
+        for row in cfg.metric_rows:
+            for s in cfg.scenarios:
+                for p in cfg.fractions:
+                    vals = [value(r, row, probed) for (s2, p2, _), r in results.items() if (s2, p2) == (s, p)]
+                    vals = [v for v in vals if v is not None]
+                    if vals:
+                        name = f"{row}, frozen probe" if probed else row
+                        cells.setdefault(name, {}).setdefault(s, {})[str(p)] = {
+                            "mean": float(np.mean(vals)), "std": float(np.std(vals)), "per_seed": vals}
     return cells
 
 
@@ -203,8 +244,9 @@ def write_outputs(cfg: SweepConfig, results: dict[tuple, dict]) -> None:
         parts.append(f"Mean AUC ({row}) by scenario and labelled fraction P"
                      + (" (mean ± sd over seeds (n))" if len(cfg.seeds) > 1 else "") + "\n\n"
                      + tables.table2(shown, cfg.fractions))
+        png = out / f"table2_{row.replace(', frozen probe', '_probe')}.png"
         plots.label_fraction({s: {p: c["mean"] for p, c in v.items()} for s, v in by_scenario.items()},
-                             cfg.fractions, out / f"table2_{row}.png", title=f"mean AUC ({row}) vs P",
+                             cfg.fractions, png, title=f"mean AUC ({row}) vs P",
                              errors={s: {p: c["std"] for p, c in v.items()} for s, v in by_scenario.items()})
     (out / "table2.md").write_text("\n\n".join(parts) + "\n")
     (out / "table2.json").write_text(json.dumps({"metric_rows": cfg.metric_rows, "fractions": cfg.fractions,

@@ -1,7 +1,7 @@
-"""Linear probes of frozen image features: did pre-training put the findings into F_img?
+"""Linear probes of frozen features: did pre-training put the findings into F_img and F_txt?
 
-    python -m mixvlp_ds.apps.probe --model mixup2=runs/sweep/mixup2/P5/pretrain/model \
-        --model baseline2=runs/sweep/baseline2/P5/pretrain/model --random --pixels \
+    python -m mixvlp_ds.apps.probe --model mixup2=runs/sweep/mixup2/P5/seed0/pretrain/model \
+        --model baseline2=runs/sweep/baseline2/P5/seed0/pretrain/model --random --pixels --text \
         --train-shards shards/mimic-like --eval-shards shards/openi-like \
         --fractions 5 100 --seeds 0 1 2 --out runs/probe
 
@@ -13,6 +13,7 @@ subset, `in_paired_subset`) and scored on the evaluation split. Feature kinds pe
 
     gap       global average of the F_img tokens (what the paper's classifier reads), C values
     level<l>  the F_img tokens of pyramid level l (0 = finest), flattened in patch order
+    F_txt     (--text) the mean of the F_txt tokens of the report (what txt_only reads)
 
 References that need no pre-training: `--random` (the first model's architecture with random
 weights, seed 0: Baseline 1's starting point) and `--pixels` (the raw pixels of each level).
@@ -43,19 +44,24 @@ from mixvlp_ds.apps import metrics
 from mixvlp_ds.apps.classification import binary_labels
 
 
-def image_rows(uri: str, split: str, label_space: str | None = None) -> dict:
-    """Every labelled image of a split: {"pyramid": [3 x (N, s, s) uint8], "labels": (N, K) float,
-    "patients": [N], "names": findings}."""
+def labelled_rows(uri: str, split: str, side: str = "img", label_space: str | None = None) -> dict:
+    """Every labelled row of a split that carries `side` ("img" | "txt"): {"labels": (N, K) float,
+    "patients": [N], "names": findings} plus "pyramid" [3 x (N, s, s) uint8] or "texts" [N]."""
     from mixvlp_ds.data.reader import iter_samples, read_index
     from mixvlp_ds.shard.format import LABEL_SPACES
 
     space = label_space or read_index(uri).get("label_space", "none")
-    rows = [s for s in iter_samples(uri, split, label_space=space) if s["pyramid"] is not None]
+    member = "pyramid" if side == "img" else "text"
+    rows = [s for s in iter_samples(uri, split, label_space=space) if s[member] is not None]
     if not rows:
-        raise ValueError(f"{uri}: split {split!r} has no images")
-    levels = [np.stack([r["pyramid"][lv] for r in rows]) for lv in range(len(rows[0]["pyramid"]))]
-    return {"pyramid": levels, "labels": np.stack([np.asarray(r["labels"], np.float32) for r in rows]),
-            "patients": [str(r["patient_id"]) for r in rows], "names": list(LABEL_SPACES[space])}
+        raise ValueError(f"{uri}: split {split!r} has no {'images' if side == 'img' else 'reports'}")
+    out = {"labels": np.stack([np.asarray(r["labels"], np.float32) for r in rows]),
+           "patients": [str(r["patient_id"]) for r in rows], "names": list(LABEL_SPACES[space])}
+    if side == "img":
+        out["pyramid"] = [np.stack([r["pyramid"][lv] for r in rows]) for lv in range(len(rows[0]["pyramid"]))]
+    else:
+        out["texts"] = [r["text"] for r in rows]
+    return out
 
 
 @torch.no_grad()
@@ -74,6 +80,19 @@ def model_features(model, pyramid: list[np.ndarray], batch_size: int = 64) -> di
         for k, v in feats.items():
             chunks.setdefault(k, []).append(v.cpu().numpy())
     return {k: np.concatenate(v) for k, v in chunks.items()}
+
+
+@torch.no_grad()
+def text_features(model, tokenizer, texts: list[str], batch_size: int = 64) -> np.ndarray:
+    """Mean-pooled F_txt of every report (what the txt_only classifier reads): (N, C)."""
+    from mixvlp_ds.data.collate import tokenize
+
+    model.eval()
+    out = []
+    for start in range(0, len(texts), batch_size):
+        ids, att = tokenize(tokenizer, texts[start:start + batch_size], model.cfg.max_text_len, False)
+        out.append(model.pooled_text(ids, att).float().cpu().numpy())
+    return np.concatenate(out)
 
 
 def pixel_features(pyramid: list[np.ndarray]) -> dict[str, np.ndarray]:
@@ -96,28 +115,48 @@ def probe_auc(x_tr: np.ndarray, y_tr: np.ndarray, x_ev: np.ndarray, y_ev: np.nda
     return metrics.auc_per_finding(y_ev, scores, names)
 
 
-def run_probes(features: dict[str, dict[str, dict[str, np.ndarray]]], train: dict, ev: dict,
-               feature_keys: dict[str, str],
+def run_probes(rows: dict[str, tuple[np.ndarray, np.ndarray, str]], data: dict[str, tuple[dict, dict]],
                fractions: list[float], seeds: list[int], c: float = 0.01) -> dict:
-    """features: {model: {"train": {kind: X}, "eval": {kind: X}}}; feature_keys: {row name: "model/kind"}.
-    Returns {row: {percent: {"mean": m, "std": s, "per_seed": [...], "n_train": [...]}}}."""
-    y_tr, y_ev = binary_labels(train["labels"]), binary_labels(ev["labels"])
+    """rows: {row name: (train features, eval features, side)}; data: {side: (train rows, eval rows)}.
+    Returns {row: {"P": {"mean": m, "std": s, "per_seed": [...], "n_train": [...]}}}."""
     from mixvlp_ds.data.subset import in_paired_subset
 
     out: dict[str, dict] = {}
-    for row, key in feature_keys.items():
-        model, kind = key.split("/")
-        x_tr, x_ev = features[model]["train"][kind], features[model]["eval"][kind]
+    for row, (x_tr, x_ev, side) in rows.items():
+        train, ev = data[side]
         out[row] = {}
         for p in fractions:
-            aucs, counts = [], []
-            for seed in seeds:
-                keep = np.array([in_paired_subset(pid, p, seed) for pid in train["patients"]])
-                auc = probe_auc(x_tr[keep], y_tr[keep], x_ev, y_ev, ev["names"], c)
-                aucs.append(metrics.mean_auc(auc))
-                counts.append(int(keep.sum()))
+            aucs = [subset_probe(x_tr, train, x_ev, ev, p, seed, c) for seed in seeds]
+            counts = [sum(in_paired_subset(pid, p, seed) for pid in train["patients"]) for seed in seeds]
             out[row][f"{p:g}"] = {"mean": float(np.mean(aucs)), "std": float(np.std(aucs)),
-                                "per_seed": aucs, "n_train": counts}
+                                  "per_seed": aucs, "n_train": counts}
+    return out
+
+
+def subset_probe(x_tr: np.ndarray, train: dict, x_ev: np.ndarray, ev: dict, percent: float, seed: int,
+                 c: float = 0.01) -> float | None:
+    """Mean AUC of a probe fitted on the P% patient subset (`seed`) of the training rows."""
+    from mixvlp_ds.data.subset import in_paired_subset
+
+    keep = np.array([in_paired_subset(pid, percent, seed) for pid in train["patients"]])
+    auc = probe_auc(x_tr[keep], binary_labels(train["labels"][keep]), x_ev, binary_labels(ev["labels"]),
+                    ev["names"], c)
+    return metrics.mean_auc(auc)
+
+
+def probe_cell(model, tokenizer, data: dict[str, tuple[dict, dict]], percent: float, seed: int,
+               image_kind: str = "level1", c: float = 0.01) -> dict[str, float | None]:
+    """One sweep cell's frozen-feature probes: {"img_only": mean AUC, "txt_only": mean AUC} for the
+    sides in `data` ({"img" | "txt": (train rows, eval rows)}) that the model encodes."""
+    out: dict[str, float | None] = {}
+    if "img" in data and model.cfg.use_image:
+        tr, ev = data["img"]
+        x_tr, x_ev = (model_features(model, d["pyramid"])[image_kind] for d in (tr, ev))
+        out["img_only"] = subset_probe(x_tr, tr, x_ev, ev, percent, seed, c)
+    if "txt" in data and model.cfg.use_text:
+        tr, ev = data["txt"]
+        x_tr, x_ev = (text_features(model, tokenizer, d["texts"]) for d in (tr, ev))
+        out["txt_only"] = subset_probe(x_tr, tr, x_ev, ev, percent, seed, c)
     return out
 
 
@@ -167,13 +206,6 @@ def pair_match_auc(model, tokenizer_dir: Path, uri: str, split: str = "test", ba
             "mean_logit_own": float(own.mean()), "mean_logit_swapped": float(swapped.mean())}
 
 
-def both_splits(extract, model, train: dict, ev: dict) -> dict:
-    """{"train": features, "eval": features} of one extractor (model_features or pixel_features)."""
-    if model is None:
-        return {"train": extract(train["pyramid"]), "eval": extract(ev["pyramid"])}
-    return {"train": extract(model, train["pyramid"]), "eval": extract(model, ev["pyramid"])}
-
-
 def table(results: dict, fractions: list[float]) -> str:
     """Markdown: one row per feature, one column per P, mean +- sd over subset seeds."""
     head = "| features | " + " | ".join(f"P{p:g}" for p in fractions) + " |"
@@ -186,6 +218,7 @@ def table(results: dict, fractions: list[float]) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     from mixvlp_ds.model import MixVLP
+    from mixvlp_ds.text.tokenizer import load_tokenizer
 
     ap = argparse.ArgumentParser(prog="python -m mixvlp_ds.apps.probe", description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", action="append", default=[], metavar="NAME=DIR",
@@ -193,7 +226,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--random", action="store_true",
                     help="add the first model's architecture with random weights")
     ap.add_argument("--pixels", action="store_true", help="add raw pixels of each level")
-    ap.add_argument("--kinds", nargs="+", default=["gap", "level1"], help="feature kinds of each model")
+    ap.add_argument("--kinds", nargs="+", default=["gap", "level1"], help="image feature kinds of each model")
+    ap.add_argument("--text", action="store_true", help="also probe mean-pooled F_txt of the reports")
     ap.add_argument("--train-shards", required=True)
     ap.add_argument("--eval-shards", required=True)
     ap.add_argument("--train-split", default="train")
@@ -208,35 +242,41 @@ def main(argv: list[str] | None = None) -> dict:
     if not args.model and not args.pixels:
         ap.error("nothing to probe: give --model NAME=DIR and/or --pixels")
 
-    train = image_rows(args.train_shards, args.train_split)
-    ev = image_rows(args.eval_shards, args.eval_split)
-    features: dict[str, dict] = {}
-    keys: dict[str, str] = {}
-    pair_match: dict[str, dict] = {}
-    first = None
+    sides = ["img", "txt"] if args.text else ["img"]
+    data = {side: (labelled_rows(args.train_shards, args.train_split, side),
+                   labelled_rows(args.eval_shards, args.eval_split, side)) for side in sides}
+    models = []
     for spec in args.model:
         name, _, d = spec.partition("=")
         if not d:
             ap.error(f"--model {spec!r}: expected NAME=DIR")
-        m = MixVLP.from_pretrained(Path(d))
-        first = first or m
-        features[name] = both_splits(model_features, m, train, ev)
-        keys.update({f"{name} {k}": f"{name}/{k}" for k in args.kinds})
-        for uri in args.pair_match:
-            pm = pair_match_auc(m, Path(d) / "tokenizer", uri, args.eval_split)
+        models.append((name, MixVLP.from_pretrained(Path(d)), Path(d) / "tokenizer"))
+    if args.random and models:
+        torch.manual_seed(0)
+        models.append(("random init", MixVLP(models[0][1].cfg), models[0][2]))
+
+    rows: dict[str, tuple[np.ndarray, np.ndarray, str]] = {}
+    pair_match: dict[str, dict] = {}
+    for name, m, tok_dir in models:
+        tr, ev = data["img"]
+        f_tr, f_ev = model_features(m, tr["pyramid"]), model_features(m, ev["pyramid"])
+        rows.update({f"{name} {k}": (f_tr[k], f_ev[k], "img") for k in args.kinds})
+        if args.text:
+            tok = load_tokenizer(tok_dir)
+            tr, ev = data["txt"]
+            rows[f"{name} F_txt"] = (text_features(m, tok, tr["texts"]), text_features(m, tok, ev["texts"]),
+                                     "txt")
+        for uri in args.pair_match if name != "random init" else []:
+            pm = pair_match_auc(m, tok_dir, uri, args.eval_split)
             pair_match.setdefault(name, {})[uri] = pm
             print(f"[probe] {name}: pair matching on {uri} ({pm['n']} images): AUC own vs swapped report "
                   f"{pm['auc']:.3f}")
-    if args.random and first is not None:
-        torch.manual_seed(0)
-        m = MixVLP(first.cfg)
-        features["random"] = both_splits(model_features, m, train, ev)
-        keys.update({f"random init {k}": f"random/{k}" for k in args.kinds})
     if args.pixels:
-        features["pixels"] = both_splits(pixel_features, None, train, ev)
-        keys.update({f"pixels {k}": f"pixels/{k}" for k in ("level0", "level1")})
+        tr, ev = data["img"]
+        f_tr, f_ev = pixel_features(tr["pyramid"]), pixel_features(ev["pyramid"])
+        rows.update({f"pixels {k}": (f_tr[k], f_ev[k], "img") for k in ("level0", "level1")})
 
-    results = run_probes(features, train, ev, keys, args.fractions, args.seeds, args.C)
+    results = run_probes(rows, data, args.fractions, args.seeds, args.C)
     md = table(results, args.fractions)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -244,7 +284,8 @@ def main(argv: list[str] | None = None) -> dict:
     (out / "probe.json").write_text(json.dumps(record, indent=2))
     (out / "probe.md").write_text(md + "\n")
     print(md)
-    print(f"[probe] {len(train['patients'])} train / {len(ev['patients'])} eval images; wrote {out}/probe.md")
+    tr, ev = data["img"]
+    print(f"[probe] {len(tr['patients'])} train / {len(ev['patients'])} eval images; wrote {out}/probe.md")
     return results
 
 

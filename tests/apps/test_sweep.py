@@ -95,3 +95,20 @@ def test_sweep_runs_cells_in_parallel_processes(apps_assets, tmp_path):
     cells = sweep.run_sweep(cfg)["img_only"]["baseline1"]
     assert set(cells) == {"50", "100"}
     assert all((tmp_path / "baseline1" / f"P{p}" / "seed0" / "result.json").is_file() for p in (50, 100))
+
+
+def test_sweep_probe_adds_frozen_feature_rows_to_finished_cells(apps_assets, fake_pretrain, tmp_path):
+    """probe: true on a finished sweep probes each cell's starting encoder without retraining."""
+    cfg = _config(apps_assets, tmp_path, fractions=[100])
+    sweep.run_sweep(cfg)
+    fine_tuned = {p: p.stat().st_mtime_ns for p in tmp_path.glob("*/P*/seed*/finetune/results.json")}
+    cfg.probe = True
+    cells = sweep.run_sweep(cfg)
+    assert set(cells) == {"img_only", "img_only, frozen probe"}
+    assert set(cells["img_only, frozen probe"]) == {"baseline1", "mixup2"}
+    assert fake_pretrain == [("mixup2", 100, 0)]                      # nothing pre-trained again
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.glob("*/P*/seed*/finetune/results.json")} == fine_tuned
+    r = json.loads((tmp_path / "mixup2" / "P100" / "seed0" / "result.json").read_text())
+    assert 0 <= r["probe"]["img_only"] <= 1
+    assert "frozen probe" in (tmp_path / "table2.md").read_text()
+    assert (tmp_path / "table2_img_only_probe.png").is_file()
