@@ -37,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy import sparse
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
@@ -104,7 +105,7 @@ def probe_auc(x_tr: np.ndarray, y_tr: np.ndarray, x_ev: np.ndarray, y_ev: np.nda
               names: list[str], c: float = 0.01) -> dict[str, float | None]:
     """Standardise on the training rows, one L2 logistic regression per finding, AUC per finding.
     y_*: (N, K) 0/1."""
-    scaler = StandardScaler().fit(x_tr)
+    scaler = StandardScaler(with_mean=not sparse.issparse(x_tr)).fit(x_tr)   # sparse: TF-IDF
     a, b = scaler.transform(x_tr), scaler.transform(x_ev)
     scores = np.zeros(y_ev.shape, np.float64)
     for k in range(y_tr.shape[1]):
@@ -227,7 +228,8 @@ def main(argv: list[str] | None = None) -> dict:
                     help="add the first model's architecture with random weights")
     ap.add_argument("--pixels", action="store_true", help="add raw pixels of each level")
     ap.add_argument("--kinds", nargs="+", default=["gap", "level1"], help="image feature kinds of each model")
-    ap.add_argument("--text", action="store_true", help="also probe mean-pooled F_txt of the reports")
+    ap.add_argument("--text", action="store_true", help="also probe mean-pooled F_txt of the reports, with "
+                    "a TF-IDF (1-2 grams) bag of words as the reference that needs no encoder")
     ap.add_argument("--train-shards", required=True)
     ap.add_argument("--eval-shards", required=True)
     ap.add_argument("--train-split", default="train")
@@ -271,6 +273,12 @@ def main(argv: list[str] | None = None) -> dict:
             pair_match.setdefault(name, {})[uri] = pm
             print(f"[probe] {name}: pair matching on {uri} ({pm['n']} images): AUC own vs swapped report "
                   f"{pm['auc']:.3f}")
+    if args.text:
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
+        tr, ev = data["txt"]
+        vec = TfidfVectorizer(ngram_range=(1, 2), min_df=1).fit(tr["texts"])
+        rows["tf-idf"] = (vec.transform(tr["texts"]), vec.transform(ev["texts"]), "txt")
     if args.pixels:
         tr, ev = data["img"]
         f_tr, f_ev = pixel_features(tr["pyramid"]), pixel_features(ev["pyramid"])

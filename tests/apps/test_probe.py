@@ -37,7 +37,7 @@ def test_probe_main_writes_tables_per_feature_and_fraction(apps_assets, tmp_path
                       "--eval-shards", apps_assets["shards"], "--fractions", "50", "100",
                       "--seeds", "0", "1", "--pair-match", apps_assets["shards"], "--out", str(out)])
     assert set(res) == {"m gap", "m level1", "random init gap", "random init level1",
-                        "pixels level0", "pixels level1", "m F_txt", "random init F_txt"}
+                        "pixels level0", "pixels level1", "m F_txt", "random init F_txt", "tf-idf"}
     p50, p100 = res["m level1"]["50"], res["m level1"]["100"]
     assert p100["std"] == 0 and p100["n_train"][0] == p100["n_train"][1]   # P100: the same rows
     assert max(p50["n_train"]) < p100["n_train"][0]
