@@ -15,12 +15,16 @@ In ONE run, on the same split, it reports:
    -> `txt_only` AUC per finding, and (b) DCH hash fine-tuning -> text-query P@1/5/10/50.
 3. A diagnostic: a logistic regression on the FROZEN pooled F_txt of the pre-trained encoder
    (how much the MLM features alone carry).
+4. The no-pre-training references (the paper's `-cls` rows): the same encoder with the same random
+   weights it had before MLM, fine-tuned the same way, and frozen + logistic regression. Pre-training
+   helps on real reports where (2) beats (4).
 It prints a Markdown table and writes results.json (+ the tokenizer and encoder checkpoint).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import time
 from dataclasses import dataclass
@@ -177,6 +181,7 @@ def encoder_benchmark(train_texts, y_train, test_texts, y_test, opts: Options, o
                              heads=opts.heads, intermediate=opts.intermediate, max_text_len=opts.max_len,
                              dropout=0.1, attention_dropout=0.1)
     model = MixVLP(cfg)
+    init_state = copy.deepcopy(model.state_dict())
     mask_args = tokenizer_mask_args(tok)
     gen = torch.Generator().manual_seed(opts.seed)
 
@@ -200,29 +205,41 @@ def encoder_benchmark(train_texts, y_train, test_texts, y_test, opts: Options, o
             return m.pooled_text(ids, att)
         return f
 
-    # 2. Diagnostic: logistic regression on frozen pooled F_txt of the pre-trained encoder.
-    from sklearn.linear_model import LogisticRegression
-    model.eval()
-    f_tr = predict(pooled(model, ids_tr, att_tr), len(train_texts), 256)
-    f_te = predict(pooled(model, ids_te, att_te), len(test_texts), 256)
-    frozen_scores = np.zeros_like(y_test)
-    for k in range(y_train.shape[1]):
-        if len(np.unique(y_train[:, k])) == 2:
-            lr = LogisticRegression(C=1.0, max_iter=3000, class_weight="balanced")
-            frozen_scores[:, k] = lr.fit(f_tr, y_train[:, k]).decision_function(f_te)
-    frozen_auc = metrics.auc_per_finding(y_test, frozen_scores, CXR14)
+    def frozen_lr(m) -> dict:
+        """Logistic regression on the frozen pooled F_txt of `m` (a diagnostic: is the signal there?)."""
+        from sklearn.linear_model import LogisticRegression
+        m.eval()
+        f_tr = predict(pooled(m, ids_tr, att_tr), len(train_texts), 256)
+        f_te = predict(pooled(m, ids_te, att_te), len(test_texts), 256)
+        scores = np.zeros_like(y_test)
+        for k in range(y_train.shape[1]):
+            if len(np.unique(y_train[:, k])) == 2:
+                lr = LogisticRegression(C=1.0, max_iter=3000, class_weight="balanced")
+                scores[:, k] = lr.fit(f_tr, y_train[:, k]).decision_function(f_te)
+        return metrics.auc_per_finding(y_test, scores, CXR14)
 
-    # 3. Classification fine-tuning: GAP + linear on F_txt, BCE, the whole encoder trained.
-    left = max(60.0, budget - (time.time() - t_start)) if opts.time_budget_s else None
-    cls_model = MixVLP.from_pretrained(pre_dir)
-    probe = LinearProbe(cfg.hidden, len(CXR14))
-    y_tr = torch.from_numpy(y_train)
-    f_cls = pooled(cls_model, ids_tr, att_tr)
-    cls = fit([cls_model, probe], lambda rows: masked_bce(probe(f_cls(rows)), y_tr[rows]), len(train_texts),
-              epochs=opts.cls_epochs, batch_size=opts.batch_size, lr=opts.cls_lr, seed=opts.seed,
-              name="cls", max_seconds=left and left * 0.6, lengths=lengths)
-    scores = predict(lambda rows: probe(pooled(cls_model, ids_te, att_te)(rows)), len(test_texts), 256)
-    auc = metrics.auc_per_finding(y_test, scores, CXR14)
+    def fine_tune(m, name: str):
+        """GAP + linear on F_txt, BCE, the whole encoder trained; AUC on the test reports."""
+        left = max(60.0, budget - (time.time() - t_start)) if opts.time_budget_s else None
+        probe = LinearProbe(cfg.hidden, len(CXR14))
+        y_tr = torch.from_numpy(y_train)
+        f_cls = pooled(m, ids_tr, att_tr)
+        stats = fit([m, probe], lambda rows: masked_bce(probe(f_cls(rows)), y_tr[rows]), len(train_texts),
+                    epochs=opts.cls_epochs, batch_size=opts.batch_size, lr=opts.cls_lr, seed=opts.seed,
+                    name=name, max_seconds=left and left * 0.4, lengths=lengths)
+        scores = predict(lambda rows: probe(pooled(m, ids_te, att_te)(rows)), len(test_texts), 256)
+        return metrics.auc_per_finding(y_test, scores, CXR14), stats
+
+    def random_init():
+        """The encoder before MLM (the same random weights): the no-pre-training reference."""
+        m = MixVLP(cfg)
+        m.load_state_dict(init_state)
+        return m
+
+    # 2. Frozen features + LR, pre-trained and random; 3. fine-tuning from each (the paper's -cls row).
+    frozen_auc, random_frozen_auc = frozen_lr(model), frozen_lr(random_init())
+    auc, cls = fine_tune(MixVLP.from_pretrained(pre_dir), "cls")
+    scratch_auc, scratch = fine_tune(random_init(), "cls-scratch")
 
     # 4. Hash fine-tuning (DCH) from the pre-trained encoder; text queries over the test set.
     left = max(60.0, budget - (time.time() - t_start)) if opts.time_budget_s else None
@@ -235,10 +252,14 @@ def encoder_benchmark(train_texts, y_train, test_texts, y_test, opts: Options, o
         "auc": auc, "mean_auc": metrics.mean_auc(auc),
         "p_at_k": metrics.precision_at_k(codes, y_test, KS),
         "frozen_lr_auc": frozen_auc, "frozen_lr_mean_auc": metrics.mean_auc(frozen_auc),
+        "scratch_auc": scratch_auc, "scratch_mean_auc": metrics.mean_auc(scratch_auc),
+        "random_frozen_lr_auc": random_frozen_auc,
+        "random_frozen_lr_mean_auc": metrics.mean_auc(random_frozen_auc),
         "model": {"hidden": cfg.hidden, "layers": cfg.layers, "heads": cfg.heads, "vocab": len(tok),
                   "parameters": sum(p.numel() for p in model.parameters())},
         "mlm": {k: mlm[k] for k in ("steps", "seconds", "epoch_losses", "stopped_early")},
         "cls": {k: cls[k] for k in ("steps", "seconds", "last_loss", "stopped_early")},
+        "cls_scratch": {k: scratch[k] for k in ("steps", "seconds", "last_loss", "stopped_early")},
         "hash": {k: hstats[k] for k in ("steps", "seconds", "last_loss", "stopped_early")},
         "seconds": time.time() - t_start, "checkpoint": str(pre_dir),
     }
@@ -257,6 +278,10 @@ def markdown(res: dict) -> str:
         e = res["encoder"]
         rows += [("MixVLP txt_only (MLM + fine-tune)", e["auc"], e["mean_auc"]),
                  ("MixVLP frozen F_txt + LR", e["frozen_lr_auc"], e["frozen_lr_mean_auc"])]
+        if "scratch_auc" in e:
+            rows += [("MixVLP txt_only from random init (no MLM)", e["scratch_auc"], e["scratch_mean_auc"]),
+                     ("random-init frozen F_txt + LR", e["random_frozen_lr_auc"],
+                      e["random_frozen_lr_mean_auc"])]
     head = "| model | mean AUC | " + " | ".join(CXR14) + " |"
     lines = [f"OpenI text classification, test n={res['n_test']} (train n={res['n_train']}), "
              f"positives in test: " + ", ".join(f"{n} {c}" for n, c in res["test_positives"].items()),
