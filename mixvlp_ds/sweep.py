@@ -206,12 +206,23 @@ def run_sweep(cfg: SweepConfig) -> dict:
             results[key] = run_cell(cfg, *key)
             write_outputs(cfg, results)   # the table grows as cells finish
     else:
-        with ProcessPoolExecutor(cfg.jobs, mp_context=mp.get_context("spawn")) as pool:
+        threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // cfg.jobs))
+        with ProcessPoolExecutor(cfg.jobs, mp_context=mp.get_context("spawn"), initializer=_share_cores,
+                                 initargs=(int(threads),)) as pool:
             futures = {pool.submit(run_cell, cfg, *key): key for key in todo}
             for f in as_completed(futures):
                 results[futures[f]] = f.result()
                 write_outputs(cfg, results)
     return summarise(cfg, results)
+
+
+def _share_cores(threads: int) -> None:
+    """Worker set-up: `jobs` cells share the cores (OpenMP oversubscription made tiny-model steps
+    60x slower, see train/engine.py); the pre-training subprocess inherits the variable."""
+    import torch
+
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    torch.set_num_threads(threads)
 
 
 def summarise(cfg: SweepConfig, results: dict[tuple, dict]) -> dict:
