@@ -55,6 +55,8 @@ class Options:
     mlm_epochs: int = 10
     mlm_lr: float = 1e-3
     cls_epochs: int = 10
+    cls_repeats: int = 3           # fine-tunings per encoder (seeds seed..seed+2): their spread is
+                                   # the noise a single fine-tuning's AUC carries
     cls_lr: float = 3e-4
     hash_epochs: int = 6
     hash_lr: float = 3e-4
@@ -218,17 +220,29 @@ def encoder_benchmark(train_texts, y_train, test_texts, y_test, opts: Options, o
                 scores[:, k] = lr.fit(f_tr, y_train[:, k]).decision_function(f_te)
         return metrics.auc_per_finding(y_test, scores, CXR14)
 
-    def fine_tune(m, name: str):
-        """GAP + linear on F_txt, BCE, the whole encoder trained; AUC on the test reports."""
-        left = max(60.0, budget - (time.time() - t_start)) if opts.time_budget_s else None
+    def fine_tune_once(m, name: str, seed: int, max_seconds):
+        """GAP + linear on F_txt, BCE, the whole encoder trained; AUC per finding on the test reports."""
         probe = LinearProbe(cfg.hidden, len(CXR14))
         y_tr = torch.from_numpy(y_train)
         f_cls = pooled(m, ids_tr, att_tr)
         stats = fit([m, probe], lambda rows: masked_bce(probe(f_cls(rows)), y_tr[rows]), len(train_texts),
-                    epochs=opts.cls_epochs, batch_size=opts.batch_size, lr=opts.cls_lr, seed=opts.seed,
-                    name=name, max_seconds=left and left * 0.4, lengths=lengths)
+                    epochs=opts.cls_epochs, batch_size=opts.batch_size, lr=opts.cls_lr, seed=seed,
+                    name=name, max_seconds=max_seconds, lengths=lengths)
         scores = predict(lambda rows: probe(pooled(m, ids_te, att_te)(rows)), len(test_texts), 256)
         return metrics.auc_per_finding(y_test, scores, CXR14), stats
+
+    def fine_tune(make_model, name: str):
+        """`cls_repeats` fine-tunings (head init, dropout and batch order seeded seed, seed+1, ...);
+        AUC per finding averaged over them, and the spread of their mean AUCs."""
+        left = max(60.0, budget - (time.time() - t_start)) if opts.time_budget_s else None
+        runs = []
+        for r in range(opts.cls_repeats):
+            torch.manual_seed(opts.seed + r)
+            runs.append(fine_tune_once(make_model(), f"{name}-{r}", opts.seed + r,
+                                       left and left * 0.4 / opts.cls_repeats))
+        auc = {n: (None if runs[0][0][n] is None else float(np.mean([a[n] for a, _ in runs]))) for n in CXR14}
+        means = [metrics.mean_auc(a) for a, _ in runs]
+        return auc, {**runs[-1][1], "mean_auc_per_repeat": means, "mean_auc_sd": float(np.std(means))}
 
     def random_init():
         """The encoder before MLM (the same random weights): the no-pre-training reference."""
@@ -238,8 +252,8 @@ def encoder_benchmark(train_texts, y_train, test_texts, y_test, opts: Options, o
 
     # 2. Frozen features + LR, pre-trained and random; 3. fine-tuning from each (the paper's -cls row).
     frozen_auc, random_frozen_auc = frozen_lr(model), frozen_lr(random_init())
-    auc, cls = fine_tune(MixVLP.from_pretrained(pre_dir), "cls")
-    scratch_auc, scratch = fine_tune(random_init(), "cls-scratch")
+    auc, cls = fine_tune(lambda: MixVLP.from_pretrained(pre_dir), "cls")
+    scratch_auc, scratch = fine_tune(random_init, "cls-scratch")
 
     # 4. Hash fine-tuning (DCH) from the pre-trained encoder; text queries over the test set.
     left = max(60.0, budget - (time.time() - t_start)) if opts.time_budget_s else None
@@ -258,8 +272,10 @@ def encoder_benchmark(train_texts, y_train, test_texts, y_test, opts: Options, o
         "model": {"hidden": cfg.hidden, "layers": cfg.layers, "heads": cfg.heads, "vocab": len(tok),
                   "parameters": sum(p.numel() for p in model.parameters())},
         "mlm": {k: mlm[k] for k in ("steps", "seconds", "epoch_losses", "stopped_early")},
-        "cls": {k: cls[k] for k in ("steps", "seconds", "last_loss", "stopped_early")},
-        "cls_scratch": {k: scratch[k] for k in ("steps", "seconds", "last_loss", "stopped_early")},
+        "cls": {k: cls[k] for k in ("steps", "seconds", "last_loss", "stopped_early", "mean_auc_per_repeat",
+                                    "mean_auc_sd")},
+        "cls_scratch": {k: scratch[k] for k in ("steps", "seconds", "last_loss", "stopped_early",
+                                                "mean_auc_per_repeat", "mean_auc_sd")},
         "hash": {k: hstats[k] for k in ("steps", "seconds", "last_loss", "stopped_early")},
         "seconds": time.time() - t_start, "checkpoint": str(pre_dir),
     }

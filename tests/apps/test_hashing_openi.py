@@ -106,13 +106,15 @@ def test_openi_encoder_benchmark_reports_pretrained_and_random_init_rows(shared_
     y_tr = np.stack([labels[i] for i in train])
     y_te = np.stack([labels[i] for i in test])
     opts = Options(vocab_size=400, hidden=16, layers=1, heads=2, intermediate=32, max_len=64,
-                   mlm_epochs=1, cls_epochs=1, hash_epochs=1, batch_size=32)
+                   mlm_epochs=1, cls_epochs=1, cls_repeats=2, hash_epochs=1, batch_size=32)
     e = encoder_benchmark([texts[i] for i in train], y_tr, [texts[i] for i in test], y_te, opts, tmp_path)
     for key in ("mean_auc", "frozen_lr_mean_auc", "scratch_mean_auc", "random_frozen_lr_mean_auc"):
         assert 0.0 <= e[key] <= 1.0, key
     assert e["mlm"]["steps"] == e["cls"]["steps"] == e["cls_scratch"]["steps"] == 10   # 300 / 32
     # MLM moved the weights: the pre-trained and random-init frozen probes see different features.
     assert e["frozen_lr_auc"] != e["random_frozen_lr_auc"]
+    reps = e["cls"]["mean_auc_per_repeat"]                  # two seeded fine-tunings, averaged
+    assert len(reps) == 2 and abs(e["mean_auc"] - sum(reps) / 2) < 1e-9
     md = markdown({"tfidf": {"auc": e["auc"], "mean_auc": e["mean_auc"], "p_at_k": e["p_at_k"]},
                    "encoder": e, "n_test": 150, "n_train": 300, "test_positives": {}})
     assert "from random init (no MLM)" in md
