@@ -302,8 +302,14 @@ def markdown(res: dict) -> str:
     lines = [f"OpenI text classification, test n={res['n_test']} (train n={res['n_train']}), "
              f"positives in test: " + ", ".join(f"{n} {c}" for n, c in res["test_positives"].items()),
              "", head, "|" + "---|" * (len(CXR14) + 2)]
+    spread = {}
+    if "encoder" in res:      # the fine-tuned rows: mean ± sd over cls_repeats seeded fine-tunings
+        e = res["encoder"]
+        spread = {"MixVLP txt_only (MLM + fine-tune)": e["cls"].get("mean_auc_sd"),
+                  "MixVLP txt_only from random init (no MLM)": e.get("cls_scratch", {}).get("mean_auc_sd")}
     for name, auc, mean in rows:
-        lines.append(f"| {name} | {_f(mean)} | " + " | ".join(_f(auc[n]) for n in CXR14) + " |")
+        sd = f" ± {spread[name]:.3f}" if spread.get(name) is not None else ""
+        lines.append(f"| {name} | {_f(mean)}{sd} | " + " | ".join(_f(auc[n]) for n in CXR14) + " |")
     lines += ["", "Text-query retrieval (64-bit Cauchy hashing, Hamming ranking, exact label match)", "",
               "| model | " + " | ".join(f"P@{k}" for k in KS) + " |", "|" + "---|" * (len(KS) + 1)]
     retr = [("TF-IDF + hash layer", res["tfidf"]["p_at_k"])]

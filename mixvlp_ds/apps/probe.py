@@ -192,7 +192,8 @@ def pair_match_auc(model, tokenizer_dir: Path, uri: str, split: str = "test", ba
     scores = {"own": [], "swapped": []}
     for start in range(0, len(rows), batch_size):
         idx = np.arange(start, min(start + batch_size, len(rows)))
-        pyr = [torch.from_numpy(np.stack([rows[i]["pyramid"][lv] for i in idx])) for lv in range(3)]
+        pyr = [torch.from_numpy(np.stack([rows[i]["pyramid"][lv] for i in idx]))
+               for lv in range(len(rows[0]["pyramid"]))]
         e_img = torch.cat(model.encode_levels(model.image_levels(pyr)), 1)
         for kind, texts in (("own", idx), ("swapped", other[idx])):
             ids, att = tokenize(tok, [rows[j]["text"] for j in texts], model.cfg.max_text_len, False)
@@ -260,15 +261,16 @@ def main(argv: list[str] | None = None) -> dict:
     rows: dict[str, tuple[np.ndarray, np.ndarray, str]] = {}
     pair_match: dict[str, dict] = {}
     for name, m, tok_dir in models:
-        tr, ev = data["img"]
-        f_tr, f_ev = model_features(m, tr["pyramid"]), model_features(m, ev["pyramid"])
-        rows.update({f"{name} {k}": (f_tr[k], f_ev[k], "img") for k in args.kinds})
-        if args.text:
+        if m.cfg.use_image:
+            tr, ev = data["img"]
+            f_tr, f_ev = model_features(m, tr["pyramid"]), model_features(m, ev["pyramid"])
+            rows.update({f"{name} {k}": (f_tr[k], f_ev[k], "img") for k in args.kinds})
+        if args.text and m.cfg.use_text:
             tok = load_tokenizer(tok_dir)
             tr, ev = data["txt"]
             rows[f"{name} F_txt"] = (text_features(m, tok, tr["texts"]), text_features(m, tok, ev["texts"]),
                                      "txt")
-        for uri in args.pair_match if name != "random init" else []:
+        for uri in args.pair_match if name != "random init" and m.cfg.fusion == "uwox" else []:
             pm = pair_match_auc(m, tok_dir, uri, args.eval_split)
             pair_match.setdefault(name, {})[uri] = pm
             print(f"[probe] {name}: pair matching on {uri} ({pm['n']} images): AUC own vs swapped report "
