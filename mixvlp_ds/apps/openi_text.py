@@ -316,7 +316,8 @@ def markdown(res: dict) -> str:
     if "encoder" in res:
         retr.append(("MixVLP txt query", res["encoder"]["p_at_k"]))
     for name, p in retr:
-        lines.append(f"| {name} | " + " | ".join(_f(p[k]) for k in KS) + " |")
+        vals = [p.get(k, p.get(str(k))) for k in KS]         # int keys, or str keys read from JSON
+        lines.append(f"| {name} | " + " | ".join(_f(v) for v in vals) + " |")
     return "\n".join(lines)
 
 
