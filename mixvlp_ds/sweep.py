@@ -147,6 +147,8 @@ def run_cell(cfg: SweepConfig, scenario: str, percent: float, seed: int) -> dict
             print(f"[sweep] {name}: done before, skipped")
             return result
         print(f"[sweep] {name}: done before; adding its frozen-feature probes")
+        if scenario != "baseline1":
+            overrides += [f"init={d / 'pretrain' / 'model'}"]
     else:
         t0 = time.time()
         d.mkdir(parents=True, exist_ok=True)
@@ -161,8 +163,6 @@ def run_cell(cfg: SweepConfig, scenario: str, percent: float, seed: int) -> dict
         result = {"scenario": scenario, "percent": percent, "seed": seed, "rows": rows,
                   "seconds": time.time() - t0}
     if cfg.probe:
-        if scenario != "baseline1":
-            overrides += [f"init={d / 'pretrain' / 'model'}"]
         result["probe"] = cell_probe(cfg, load_config(FinetuneConfig, cfg.finetune_config or None, overrides),
                                      percent, seed)
     tmp = done.with_suffix(".tmp")

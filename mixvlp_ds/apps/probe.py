@@ -120,26 +120,29 @@ def run_probes(rows: dict[str, tuple[np.ndarray, np.ndarray, str]], data: dict[s
                fractions: list[float], seeds: list[int], c: float = 0.01) -> dict:
     """rows: {row name: (train features, eval features, side)}; data: {side: (train rows, eval rows)}.
     Returns {row: {"P": {"mean": m, "std": s, "per_seed": [...], "n_train": [...]}}}."""
-    from mixvlp_ds.data.subset import in_paired_subset
-
     out: dict[str, dict] = {}
     for row, (x_tr, x_ev, side) in rows.items():
         train, ev = data[side]
         out[row] = {}
         for p in fractions:
             aucs = [subset_probe(x_tr, train, x_ev, ev, p, seed, c) for seed in seeds]
-            counts = [sum(in_paired_subset(pid, p, seed) for pid in train["patients"]) for seed in seeds]
+            counts = [int(subset_mask(train["patients"], p, seed).sum()) for seed in seeds]
             out[row][f"{p:g}"] = {"mean": float(np.mean(aucs)), "std": float(np.std(aucs)),
                                   "per_seed": aucs, "n_train": counts}
     return out
 
 
+def subset_mask(patients: list[str], percent: float, seed: int) -> np.ndarray:
+    """(N,) bool: the rows whose patient is in the P% subset of `seed` (the sweep's subset)."""
+    from mixvlp_ds.data.subset import in_paired_subset
+
+    return np.array([in_paired_subset(pid, percent, seed) for pid in patients])
+
+
 def subset_probe(x_tr: np.ndarray, train: dict, x_ev: np.ndarray, ev: dict, percent: float, seed: int,
                  c: float = 0.01) -> float | None:
     """Mean AUC of a probe fitted on the P% patient subset (`seed`) of the training rows."""
-    from mixvlp_ds.data.subset import in_paired_subset
-
-    keep = np.array([in_paired_subset(pid, percent, seed) for pid in train["patients"]])
+    keep = subset_mask(train["patients"], percent, seed)
     auc = probe_auc(x_tr[keep], binary_labels(train["labels"][keep]), x_ev, binary_labels(ev["labels"]),
                     ev["names"], c)
     return metrics.mean_auc(auc)
