@@ -77,6 +77,14 @@ class MotoServer:
 
         return s3_client(self.url, max_attempts=2)
 
+    def upload_folders(self, bucket: str, folders: dict, prefix: str) -> dict:
+        """Upload each local folder (recursively) to s3://bucket/<prefix>/<name>; returns {name: uri}."""
+        client = self.client()
+        for name, folder in folders.items():
+            for f in sorted(p for p in folder.rglob("*") if p.is_file()):
+                client.upload_file(str(f), bucket, f"{prefix}/{name}/{f.relative_to(folder).as_posix()}")
+        return {name: f"s3://{bucket}/{prefix}/{name}" for name in folders}
+
 
 @pytest.fixture(scope="session")
 def s3_server():

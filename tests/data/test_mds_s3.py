@@ -7,11 +7,6 @@ from mixvlp_ds.data import DataConfig, SourceSpec, build_pretrain_loader
 from mixvlp_ds.data.batch import check_batch
 
 
-def upload_tree(client, bucket, folder, prefix):
-    for f in sorted(p for p in folder.rglob("*") if p.is_file()):
-        client.upload_file(str(f), bucket, f"{prefix}/{f.relative_to(folder).as_posix()}")
-
-
 def config(uris, workers, cache_dir=""):
     return DataConfig(sources=[SourceSpec("a", str(uris["a"])),
                                SourceSpec("b", str(uris["b"]), role="image_only")],
@@ -29,10 +24,7 @@ def signature(batches):
 
 @pytest.fixture
 def mds_on_s3(s3_server, s3_bucket, tiny_mds):
-    client = s3_server.client()
-    for name in ("a", "b"):
-        upload_tree(client, s3_bucket, tiny_mds[name], f"mds/{name}")
-    return {name: f"s3://{s3_bucket}/mds/{name}" for name in ("a", "b")}
+    return s3_server.upload_folders(s3_bucket, {name: tiny_mds[name] for name in ("a", "b")}, "mds")
 
 
 @pytest.mark.parametrize("workers", [0, 2])

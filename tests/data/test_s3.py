@@ -12,17 +12,9 @@ from mixvlp_ds.data.faults import DataFaultError, FaultCounter
 from mixvlp_ds.data.reader import ShardRef, iter_samples, iter_shard
 
 
-def upload(client, bucket, folder, prefix):
-    for f in sorted(folder.iterdir()):
-        client.upload_file(str(f), bucket, f"{prefix}/{f.name}")
-
-
 @pytest.fixture
 def s3_shards(s3_server, s3_bucket, tiny_shards):
-    client = s3_server.client()
-    for name in ("a", "b"):
-        upload(client, s3_bucket, tiny_shards[name], f"shards/{name}")
-    return {name: f"s3://{s3_bucket}/shards/{name}" for name in ("a", "b")}
+    return s3_server.upload_folders(s3_bucket, {name: tiny_shards[name] for name in ("a", "b")}, "shards")
 
 
 def test_loader_reads_s3_like_local(s3_shards, tiny_shards, tokenizer):
@@ -86,7 +78,7 @@ def test_server_down_briefly_is_retried(s3_server, s3_shards, tiny_shards):
         time.sleep(1.0)
         s3_server.start()
         s3_server.client().create_bucket(Bucket=bucket)
-        upload(s3_server.client(), bucket, tiny_shards["a"], "shards/a")
+        s3_server.upload_folders(bucket, {"a": tiny_shards["a"]}, "shards")
 
     t = threading.Thread(target=come_back)
     t.start()
