@@ -146,12 +146,11 @@ def tfidf_baseline(train_texts, y_train, test_texts, y_test, opts: Options) -> d
 # ----------------------------------------------------------------------------- the project's encoder
 
 
-def _text_batch(ids: torch.Tensor, att: torch.Tensor, image_size: int) -> dict:
-    """A text-only batch in the batch contract (mixvlp_ds/data/batch.py)."""
+def _text_batch(ids: torch.Tensor, att: torch.Tensor) -> dict:
+    """A text-only batch in the batch contract (mixvlp_ds/data/batch.py): no pyramid, so the
+    model encodes the text side alone."""
     b = ids.shape[0]
-    sizes = (image_size, image_size // 2, image_size // 4)
-    return {"pyramid": [torch.zeros(b, s, s, dtype=torch.uint8) for s in sizes],
-            "has_image": torch.zeros(b, dtype=torch.bool), "has_text": torch.ones(b, dtype=torch.bool),
+    return {"has_image": torch.zeros(b, dtype=torch.bool), "has_text": torch.ones(b, dtype=torch.bool),
             "input_ids": ids, "attention_mask": att, "pair": torch.zeros(b),
             "labels": torch.zeros(b, 0), "key": [""] * b, "text_key": [""] * b,
             "institution": [""] * b, "patient_id": [""] * b}
@@ -191,7 +190,7 @@ def encoder_benchmark(train_texts, y_train, test_texts, y_test, opts: Options, o
     def mlm_loss(rows):
         ids, att = _trim(ids_tr[rows], att_tr[rows])
         masked, labels = mask_tokens(ids, att, generator=gen, **mask_args)
-        batch = _text_batch(masked, att, cfg.image_size)
+        batch = _text_batch(masked, att)
         batch["mlm_labels"] = labels
         return model(batch)["L_txt"]
 

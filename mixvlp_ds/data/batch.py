@@ -1,16 +1,22 @@
 """The batch: the contract between the data pipeline (`mixvlp_ds.data`) and the model.
 
 A batch is a plain dict (DeepSpeed- and pickle-friendly) with B rows. Each row is one tuple of
-(image, report) where either side may be absent:
+(image, report) where either side may be absent, or a padding row with neither (the pre-training
+loader fills its last batch of an epoch up to B rows with them, so every batch has one shape):
 
     "pyramid":        list of 3 uint8 tensors, finest level first:
                       [(B, S, S), (B, S/2, S/2), (B, S/4, S/4)]; all zeros where has_image is False.
                       The model scales pixels to [0, 1] on its device (uint8 keeps host->device
                       copies 4x smaller).
+    "patch_mask":     list of 3 bool (B, N_l), the patches masked at each level for L_img (15%
+                      of every level of every image row; False where has_image is False). Only
+                      in pre-training batches (`mixvlp_ds.data.patch_masking`).
+    "patch_source":   list of 3 long (B, N_l), index into the level's B*N_l flattened patches of
+                      the patch that replaces a masked one (its own index elsewhere).
     "has_image":      bool (B,)
     "input_ids":      long (B, L), L <= 150: [CLS] tokens [SEP] [PAD]..., already MLM-masked
-                      (15% of real tokens, BERT's 80/10/10) when the loader masks text.
-                      Rows without text hold [CLS] [SEP] [PAD]... so no row is all padding.
+                      (BERT's rule, a fixed budget of masked words per row) when the loader masks
+                      text. Rows without text hold [CLS] [SEP] [PAD]... so no row is all padding.
     "attention_mask": long (B, L), 1 for real tokens (incl. [CLS]/[SEP]), 0 for padding.
     "mlm_labels":     long (B, L), the original token id at masked positions, -100 elsewhere
                       (all -100 in rows without text, or when masking is off).
@@ -19,13 +25,14 @@ A batch is a plain dict (DeepSpeed- and pickle-friendly) with B rows. Each row i
                       where has_image & has_text.
     "labels":         float (B, K), finding labels of the image's record (1 / 0 / -1 uncertain,
                       NaN not mentioned), in the loader's label space; K = 0 when unlabelled.
-    "key":            list[str], the image record's key (or the report's, for text-only rows)
+    "key":            list[str], the image record's key (or the report's, for text-only rows;
+                      "" for padding rows)
     "text_key":       list[str], the report record's key ("" when no text)
     "institution":    list[str], the image's institution (the report's for text-only rows)
     "patient_id":     list[str]
 
-Image masking (15% of patches per level, replaced by random patches of the batch) happens in the
-model (`MixVLP.random_patch_masking`), as in MAE, because it draws from the whole batch on device.
+`model_inputs(batch, device)` is what the training step hands the model: the tensors only, so a
+compiled step never sees (and never guards on) the strings.
 """
 
 from __future__ import annotations
@@ -41,21 +48,22 @@ TENSOR_FIELDS = ("pyramid", "has_image", "input_ids", "attention_mask", "mlm_lab
 LIST_FIELDS = ("key", "text_key", "institution", "patient_id")
 
 
-def to_device(batch: Batch, device: torch.device | str, non_blocking: bool = True) -> Batch:
-    """Move every tensor (and the pyramid's levels) to `device`; lists of strings stay."""
+def model_inputs(batch: Batch, device: torch.device | str, non_blocking: bool = True) -> Batch:
+    """The tensors of a batch (and lists of tensors: the pyramid, the patch masks), moved to
+    `device`; strings and logging extras stay behind, so a compiled step never guards on them.
+    With pinned host memory the copies overlap the previous step."""
     out: Batch = {}
     for k, v in batch.items():
         if isinstance(v, torch.Tensor):
             out[k] = v.to(device, non_blocking=non_blocking)
-        elif k == "pyramid":
+        elif isinstance(v, list) and v and all(isinstance(t, torch.Tensor) for t in v):
             out[k] = [t.to(device, non_blocking=non_blocking) for t in v]
-        else:
-            out[k] = v
     return out
 
 
 def check_batch(batch: Batch) -> int:
-    """Validate shapes/dtypes of a batch against the contract; returns B. Raises ValueError."""
+    """Validate shapes/dtypes of a batch against the contract; returns the number of real rows
+    (B minus padding rows). Raises ValueError."""
     missing = [k for k in TENSOR_FIELDS + LIST_FIELDS if k not in batch]
     if missing:
         raise ValueError(f"batch lacks fields {missing}")
@@ -80,6 +88,16 @@ def check_batch(batch: Batch) -> int:
     for k in LIST_FIELDS:
         if len(batch[k]) != b:
             raise ValueError(f"{k} must have {b} entries")
-    if not bool((batch["has_image"] | batch["has_text"]).all()):
-        raise ValueError("a row has neither image nor text")
-    return b
+    real = batch["has_image"] | batch["has_text"]
+    if any(k for k, r in zip(batch["key"], real.tolist(), strict=True) if not r):
+        raise ValueError("a row has neither image nor text but is not a padding row (key \"\")")
+    if "patch_mask" in batch:
+        for m, src in zip(batch["patch_mask"], batch["patch_source"], strict=True):
+            n = m.shape[1]
+            if m.dtype != torch.bool or m.shape != (b, n) or src.shape != (b, n):
+                raise ValueError("patch_mask / patch_source must be (B, N_l) per level")
+            if src.min() < 0 or src.max() >= b * n:
+                raise ValueError("patch_source points outside the level's B*N_l patches")
+            if (m & ~batch["has_image"][:, None]).any():
+                raise ValueError("patch_mask masks patches of a row without an image")
+    return int(real.sum())

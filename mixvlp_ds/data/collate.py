@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from mixvlp_ds.data.batch import Batch
+from mixvlp_ds.data.patch_masking import PatchMasking, draw_patch_masks
 from mixvlp_ds.shard.format import LABEL_SPACES, level_sizes
 from mixvlp_ds.text.masking import mask_tokens, tokenizer_mask_args
 from mixvlp_ds.text.tokenizer import MAX_LENGTH
@@ -15,13 +16,16 @@ from mixvlp_ds.text.tokenizer import MAX_LENGTH
 
 def collate(samples: list[dict], tokenizer, mask_text: bool = False, label_space: str = "chexpert14",
             image_size: int | None = None, max_text_len: int = MAX_LENGTH, mask_prob: float = 0.15,
-            pad_to_max: bool = True, generator: torch.Generator | None = None) -> Batch:
+            pad_to_max: bool = True, generator: torch.Generator | None = None,
+            patch_masking: PatchMasking | None = None) -> Batch:
     """Stack decoded rows into a batch.
 
     samples: dicts with "pyramid" (3 uint8 arrays finest first, or None), "text" (str or None),
     "labels" (float32 (K,) in `label_space`), "key", "institution", "patient_id", and optionally
-    "pair" (default 1.0 when both sides are present) and "text_key" (default: "key").
-    `iter_samples` rows fit as they are (fine-tuning); the pre-training loader adds pair/text_key.
+    "pair" (default 1.0 when both sides are present) and "text_key" (default: "key"); a row
+    with neither image nor text is padding (`padding_row`). `iter_samples` rows fit as they are
+    (fine-tuning); the pre-training loader adds pair/text_key, masks words (`mask_text`) and
+    draws the patch masks (`patch_masking`), both from `generator`.
     """
     b = len(samples)
     if b == 0:
@@ -53,6 +57,9 @@ def collate(samples: list[dict], tokenizer, mask_text: bool = False, label_space
                                         for s in samples])) if k else torch.zeros(b, 0)
     pair = torch.tensor([float(s.get("pair", 1.0)) if (has_image[i] and has_text[i]) else 0.0
                          for i, s in enumerate(samples)], dtype=torch.float32)
+    if patch_masking is not None:
+        patch_mask, patch_source = draw_patch_masks(has_image, patch_masking.patches_per_level,
+                                                    patch_masking.ratio, generator)
     batch: Batch = {
         "pyramid": [torch.from_numpy(level) for level in pyramid],
         "has_image": has_image,
@@ -67,7 +74,15 @@ def collate(samples: list[dict], tokenizer, mask_text: bool = False, label_space
         "institution": [s["institution"] for s in samples],
         "patient_id": [s["patient_id"] for s in samples],
     }
+    if patch_masking is not None:
+        batch["patch_mask"], batch["patch_source"] = patch_mask, patch_source
     return batch
+
+
+def padding_row(label_space: str) -> dict:
+    """A row with neither image nor text: it fills a short last batch and carries no loss."""
+    return {"pyramid": None, "text": None, "pair": 0.0, "key": "", "text_key": "", "institution": "",
+            "patient_id": "", "labels": np.full(len(LABEL_SPACES[label_space]), np.nan, dtype=np.float32)}
 
 
 def tokenize(tokenizer, texts: list[str], max_len: int = MAX_LENGTH,

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from mixvlp_ds.config import ConfigError
+from mixvlp_ds.text.masking import masked_word_budget
 
 # Image variants of METHOD.md's table (paper Table 4b): image size S, block size B, scales.
 IMAGE_VARIANTS: dict[str, dict[str, Any]] = {
@@ -68,8 +69,8 @@ class ModelConfig:
     # side exactly a Hugging Face BertModel for export. False = eq. 1/2 to the letter (no export).
     embedding_norm: bool = True
     # --- pre-training objectives ---
-    text_mask_ratio: float = 0.15      # used by the data pipeline's collate (mask_tokens)
-    image_mask_ratio: float = 0.15     # used by the model (random_patch_masking), every level
+    text_mask_ratio: float = 0.15      # drawn by the data pipeline (mask_tokens); sets max_masked_words
+    image_mask_ratio: float = 0.15     # drawn by the data pipeline (draw_patch_masks), every level
     weight_txt: float = 1.0
     weight_img: float = 1.0
     weight_co: float = 1.0
@@ -153,6 +154,11 @@ class ModelConfig:
     def patches_per_level(self) -> tuple[int, ...]:
         """Patch count per level, finest first, e.g. (784, 196, 49) for ms_B8."""
         return tuple((s // self.block_size) ** 2 for s in self.level_sizes())
+
+    @property
+    def max_masked_words(self) -> int:
+        """Masked words per row the word head reads (BERT's max_predictions_per_seq)."""
+        return masked_word_budget(self.max_text_len, self.text_mask_ratio)
 
     @property
     def num_patches(self) -> int:

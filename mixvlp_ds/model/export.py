@@ -29,12 +29,16 @@ CONFIG = "config.json"
 TOKENIZER = "tokenizer"
 
 
-def save_pretrained(model: MixVLP, directory: str | Path, tokenizer=None) -> Path:
+def save_pretrained(model: MixVLP, directory: str | Path, tokenizer=None,
+                    state: dict[str, torch.Tensor] | None = None) -> Path:
+    """Weights (the model's own, or `state`: e.g. the fp32 master weights of a bf16 run, gathered
+    from ZeRO partitions) and config."""
     from safetensors.torch import save_file
 
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    state = model.state_dict() if state is None else state
+    state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
     save_file(state, str(d / WEIGHTS), metadata={"format": "pt", "model": "MixVLP"})
     (d / CONFIG).write_text(json.dumps({"model": "MixVLP", "config": to_dict(model.cfg)}, indent=2))
     if tokenizer is not None:

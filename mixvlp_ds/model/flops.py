@@ -32,7 +32,7 @@ def forward_flops(cfg: ModelConfig, text_len: int | None = None,
     """Forward FLOPs of one sample by kind: 'dense' (matmuls with weights), 'attention' (the
     attention core), 'input' (the two patch-embedding projections)."""
     length = text_len or cfg.max_text_len
-    masked = cfg.text_mask_ratio * length if masked_words is None else masked_words
+    masked = min(cfg.max_masked_words, length) if masked_words is None else masked_words
     dense = attn = inputs = 0.0
 
     def add(block: tuple[float, float], times: int = 1) -> None:
@@ -72,8 +72,8 @@ def flops_per_sample(cfg: ModelConfig, text_len: int | None = None, masked_words
                      attention_backward: float = 2.5) -> float:
     """Forward + backward FLOPs of one full (image, report) sample.
 
-    text_len: report tokens (default max_text_len); masked_words: words the head predicts
-    (default text_mask_ratio * text_len); attention_backward: backward/forward ratio of the
+    text_len: report tokens (default max_text_len); masked_words: positions the word head reads
+    (default the row budget, model.max_masked_words); attention_backward: backward/forward ratio of the
     attention core (2.5 flash/efficient kernels with recompute, 2.0 math)."""
     f = forward_flops(cfg, text_len, masked_words)
     return 3.0 * f["dense"] + 2.0 * f["input"] + (1.0 + attention_backward) * f["attention"]

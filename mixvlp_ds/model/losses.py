@@ -1,7 +1,9 @@
-"""The pre-training losses, each returning (value, count): L = w_txt L_txt + w_img L_img + w_co L_co.
+"""The pre-training losses, each a masked mean in fp32 returning (value, count):
+L = w_txt L_txt + w_img L_img + w_co L_co.
 
-A loss whose inputs are absent (no text rows, no masked word, no pair) is a 0 with count 0, so
-image-only and text-only tuples simply contribute nothing to the other side's loss.
+Every input has a static shape (the whole batch); a weight or mask says which entries count, so
+image-only and text-only tuples, padding rows and unmasked positions contribute nothing. The
+count is a 0-d float tensor (no host read); with nothing to average the loss is 0 with count 0.
 """
 
 from __future__ import annotations
@@ -9,35 +11,36 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-
-def _zero(like: torch.Tensor) -> torch.Tensor:
-    return torch.zeros((), dtype=torch.float32, device=like.device)
+from mixvlp_ds.text.masking import IGNORE_INDEX
 
 
-def text_loss(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """L_txt: cross-entropy at masked words. logits: (M, vocab) at the M masked positions,
-    targets: (M,) original ids. Returns (mean CE, M)."""
-    m = targets.numel()
-    if m == 0:
-        return _zero(targets), 0
-    return F.cross_entropy(logits.float(), targets), m
+def _masked_mean(values: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    weight = weight.to(torch.float32)
+    count = weight.sum()
+    return (values * weight).sum() / count.clamp_min(1.0), count
 
 
-def image_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, int]:
+def text_loss(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """L_txt: cross-entropy at masked words. logits: (B, K, vocab) at each row's K budgeted
+    positions, targets: (B, K) original ids, -100 at padding. Returns (mean CE, masked words)."""
+    ce = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten().clamp_min(0), reduction="none")
+    return _masked_mean(ce, targets.flatten() != IGNORE_INDEX)
+
+
+def image_loss(pred: torch.Tensor, target: torch.Tensor,
+               mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """L_img: L1 between predicted and original pixels ([0, 1] scale) at masked finest-level patches.
 
     pred, target: (B, N, B*B), mask: (B, N) bool. Returns (mean |error| per pixel, number of masked
     patches). Unmasked patches do not enter the loss."""
-    n = int(mask.sum())
-    if n == 0:
-        return _zero(pred), 0
-    return (pred.float()[mask] - target.float()[mask]).abs().mean(), n
+    per_patch = (pred.float() - target.float()).abs().mean(dim=-1)
+    return _masked_mean(per_patch, mask)
 
 
-def pair_loss(logits: torch.Tensor, pair: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """L_co: BCE between I_pair = sigmoid(logits) and the pair label. logits, pair: (B,) over rows
-    that have both an image and a text. Returns (mean BCE, B)."""
-    n = logits.numel()
-    if n == 0:
-        return _zero(pair), 0
-    return F.binary_cross_entropy_with_logits(logits.float(), pair.float()), n
+def pair_loss(logits: torch.Tensor, pair: torch.Tensor,
+              weight: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """L_co: BCE between I_pair = sigmoid(logits) and the pair label. logits, pair: (B,); weight:
+    (B,) bool, True where the row has both an image and a text (default all). Returns (mean BCE,
+    pairs)."""
+    bce = F.binary_cross_entropy_with_logits(logits.float(), pair.float(), reduction="none")
+    return _masked_mean(bce, torch.ones_like(bce) if weight is None else weight)

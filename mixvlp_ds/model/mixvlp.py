@@ -4,12 +4,15 @@
           --(fusion: UNIT eqs. 3-4 | UWOX + pair matching eqs. 5-9 | none)--> F_txt, F_img
           --> word head (L_txt)  and  multi-scale decoder eqs. 11-13 + pixel MLP (L_img)
 
-    out = model(batch)              # dict: loss, L_txt, L_img, L_co, n_txt, n_img, n_co
+    out = model(batch)              # dict: loss, L_txt, L_img, L_co, n_txt, n_img, n_co (tensors)
     f_img = model.encode_image(pyramid)           # (B, N, C) F_img tokens, levels finest first
     f_txt = model.encode_text(input_ids, mask)    # (B, L, C) F_txt tokens
 
-Rows of a batch may lack the image or the text (`has_image` / `has_text`): each side is encoded
-only for the rows that have it (index selection), and its loss skips the others.
+The pre-training pass has static shapes, so it compiles to one graph and never waits on the
+device: every row of the batch is encoded on both sides, and rows that lack the image or the
+text (`has_image` / `has_text`) simply carry no weight in that side's loss (masked means), nor in
+L_co. The masks themselves (words and patches) come with the batch from the data pipeline.
+Floating-point inputs follow the weights' dtype (bf16 under DeepSpeed); losses are fp32.
 """
 
 from __future__ import annotations
@@ -26,17 +29,8 @@ from mixvlp_ds.model.encoder import Encoder
 from mixvlp_ds.model.fusion import PairMatchingHead, UnitFusion, UwoxFusion
 from mixvlp_ds.model.heads import WordHead
 from mixvlp_ds.model.losses import image_loss, pair_loss, text_loss
-from mixvlp_ds.model.masking import IGNORE_INDEX, random_patch_masking
+from mixvlp_ds.model.masking import IGNORE_INDEX, masked_word_positions, random_patch_masking, replace_patches
 from mixvlp_ds.model.patches import patchify, pyramid_positions, unpatchify
-
-
-def _rows(flags: torch.Tensor) -> torch.Tensor | None:
-    """Row indices where `flags` holds, or None when every row does (skip the copy)."""
-    return None if bool(flags.all()) else flags.nonzero().squeeze(1)
-
-
-def _take(x: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
-    return x if rows is None else x.index_select(0, rows)
 
 
 class MixVLP(nn.Module):
@@ -75,10 +69,16 @@ class MixVLP(nn.Module):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The weights' floating-point dtype (bf16 once DeepSpeed has cast the module)."""
+        return next(p.dtype for p in self.parameters() if p.is_floating_point())
+
     # ------------------------------------------------------------------ inputs and embeddings
     def image_levels(self, pyramid: list[torch.Tensor]) -> list[torch.Tensor]:
         """uint8 pyramid [(B, S, S), (B, S/2, S/2), (B, S/4, S/4)] -> patches per encoded level,
-        finest first: [(B, N_l, B*B)] in [0, 1] on the model's device (only level 0 if single scale)."""
+        finest first: [(B, N_l, B*B)] in [0, 1], on the model's device in its dtype (only level 0
+        if single scale)."""
         sizes = self.cfg.level_sizes()
         out = []
         for level, size in zip(pyramid, sizes, strict=False):
@@ -86,16 +86,17 @@ class MixVLP(nn.Module):
                 raise ValueError(f"image level of shape {tuple(level.shape[1:])} does not match the model "
                                  f"(image_size={self.cfg.image_size}, expected {size}x{size})")
             x = level.to(self.device, non_blocking=True)
-            x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
+            x = x.to(self.dtype).div_(255.0) if x.dtype == torch.uint8 else x.to(self.dtype)
             out.append(patchify(x, self.cfg.block_size))
         if len(out) != len(sizes):
             raise ValueError(f"pyramid has {len(pyramid)} levels, the model needs {len(sizes)}")
         return out
 
     def encode_levels(self, levels: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Eq. 10: each level embedded (eq. 2) and encoded as its own sequence.
+        """Eq. 10: each level embedded (eq. 2) and encoded as its own sequence, without an
+        attention mask (no padding), so SDPA may take its flash kernel.
         [(B, N_l, B*B)] -> [E_l (B, N_l, C)]."""
-        return [self.encoder(self.patch_embed(x, getattr(self, f"positions_{i}")))
+        return [self.encoder(self.patch_embed(x, getattr(self, f"positions_{i}").to(x.dtype)))
                 for i, x in enumerate(levels)]
 
     def encode_words(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -126,35 +127,33 @@ class MixVLP(nn.Module):
         return f_txt, self._split(f_img)
 
     # ------------------------------------------------------------------ pre-training pass
-    def forward_encoder(self, batch: dict, generator: torch.Generator | None = None) -> dict:
-        """Select the rows of each side, mask patches, and encode. Returns a state dict:
-        txt_rows / img_rows (indices or None = all), e_txt (Bt, L, C), txt_mask (Bt, L),
-        mlm_labels (Bt, L), e_img [(Bi, N_l, C)], target (Bi, N_down, B*B), img_mask (Bi, N_down)."""
+    def forward_encoder(self, batch: dict) -> dict:
+        """Apply the batch's masks and encode both sides of every row. Returns a state dict:
+        has_text (B,), txt_mask (B, L), mlm_labels (B, L), e_txt (B, L, C); has_image (B,),
+        e_img [(B, N_l, C)], target (B, N_down, B*B), img_mask (B, N_down) (False in rows
+        without an image); pair (B,). A batch that carries one modality only (no "pyramid", or
+        no "input_ids": a structural choice, not a per-row one) is encoded on that side alone."""
         dev = self.device
-        has_image = batch["has_image"].to(dev).bool() if self.cfg.use_image else None
-        has_text = batch["has_text"].to(dev).bool() if self.cfg.use_text else None
-        if self.cfg.fusion == "unit" and not bool((has_image & has_text).all()):
-            raise ValueError("UNIT needs both an image and a report in every row; this batch has "
-                             f"{int((~has_image).sum())} rows without image and {int((~has_text).sum())} "
-                             "without text. Use fusion='uwox' for mixed single-modality data.")
-        state: dict = {"has_image": has_image, "has_text": has_text}
-        if has_text is not None and bool(has_text.any()):
-            rows = _rows(has_text)
-            ids = _take(batch["input_ids"].to(dev), rows)
-            mask = _take(batch["attention_mask"].to(dev), rows).bool()
-            state.update(txt_rows=rows, txt_mask=mask, e_txt=self.encode_words(ids, mask),
-                         mlm_labels=_take(batch["mlm_labels"].to(dev), rows))
-        if has_image is not None and bool(has_image.any()):
-            rows = _rows(has_image)
-            levels = self.image_levels([_take(t.to(dev), rows) for t in batch["pyramid"]])
-            masked, masks = random_patch_masking(levels, self.cfg.image_mask_ratio, generator)
-            state.update(img_rows=rows, target=levels[0], img_mask=masks[0],
+        state: dict = {"pair": batch["pair"].to(dev)}
+        if self.cfg.use_text and "input_ids" in batch:
+            mask = batch["attention_mask"].to(dev).bool()
+            has_text = batch["has_text"].to(dev).bool()
+            labels = torch.where(has_text[:, None], batch["mlm_labels"].to(dev), IGNORE_INDEX)
+            state.update(has_text=has_text, txt_mask=mask, mlm_labels=labels,
+                         e_txt=self.encode_words(batch["input_ids"], mask))
+        if self.cfg.use_image and "pyramid" in batch:
+            has_image = batch["has_image"].to(dev).bool()
+            levels = self.image_levels(batch["pyramid"])
+            masked = [replace_patches(x, m.to(dev), s.to(dev))
+                      for x, m, s in zip(levels, batch["patch_mask"], batch["patch_source"], strict=False)]
+            state.update(has_image=has_image, target=levels[0],
+                         img_mask=batch["patch_mask"][0].to(dev) & has_image[:, None],
                          e_img=self.encode_levels(masked))
         return state
 
-    def forward_fusion(self, state: dict, batch: dict) -> dict:
-        """Adds f_txt (Bt, L, C), f_img [(Bi, N_l, C)] and, for UWOX, pair_logits / pair_labels
-        over the rows having both sides."""
+    def forward_fusion(self, state: dict) -> dict:
+        """Adds f_txt (B, L, C), f_img [(B, N_l, C)] and, for UWOX, pair_logits (B,) with
+        pair_weight (B,): 1 where the row has both an image and a report."""
         e_txt, e_img, mask = state.get("e_txt"), state.get("e_img"), state.get("txt_mask")
         f_txt, f_img = self.fuse(e_txt, mask, e_img)
         if f_txt is not None:
@@ -162,12 +161,8 @@ class MixVLP(nn.Module):
         if f_img is not None:
             state["f_img"] = f_img
         if self.cfg.fusion == "uwox" and e_txt is not None and e_img is not None:
-            both = state["has_image"] & state["has_text"]
-            # position of each batch row inside the text subset and the image subset
-            t_pos = (state["has_text"].long().cumsum(0) - 1)[both]
-            i_pos = (state["has_image"].long().cumsum(0) - 1)[both]
-            state["pair_logits"] = self.pair_head(e_txt[t_pos], mask[t_pos], torch.cat(e_img, 1)[i_pos])
-            state["pair_labels"] = batch["pair"].to(self.device)[both]
+            state["pair_logits"] = self.pair_head(e_txt, mask, torch.cat(e_img, 1))
+            state["pair_weight"] = state["has_image"] & state["has_text"]
         return state
 
     def forward_decoder(self, f_img: list[torch.Tensor]) -> torch.Tensor:
@@ -175,28 +170,28 @@ class MixVLP(nn.Module):
         return self.decoder(f_img)
 
     def forward_loss(self, state: dict) -> dict:
-        """L = w_txt L_txt + w_img L_img + w_co L_co with each value and its count."""
-        zero = torch.zeros((), device=self.device)
-        out = {"L_txt": zero, "L_img": zero, "L_co": zero, "n_txt": 0, "n_img": 0, "n_co": 0}
+        """L = w_txt L_txt + w_img L_img + w_co L_co, each a masked mean in fp32, with its count
+        (a 0-d tensor: how many words, patches, pairs it averages)."""
+        zero = torch.zeros((), dtype=torch.float32, device=self.device)
+        out = {"L_txt": zero, "L_img": zero, "L_co": zero, "n_txt": zero, "n_img": zero, "n_co": zero}
         if "f_txt" in state:
-            where = state["mlm_labels"] != IGNORE_INDEX                     # (Bt, L)
-            logits = self.word_head(state["f_txt"][where])                  # (M, vocab)
-            out["L_txt"], out["n_txt"] = text_loss(logits, state["mlm_labels"][where])
+            f_txt = state["f_txt"]
+            positions, targets = masked_word_positions(state["mlm_labels"], self.cfg.max_masked_words)
+            words = f_txt.gather(1, positions[:, :, None].expand(-1, -1, f_txt.shape[-1]))   # (B, K, C)
+            out["L_txt"], out["n_txt"] = text_loss(self.word_head(words), targets)
         if "f_img" in state:
             pred = self.forward_decoder(state["f_img"])
             out["L_img"], out["n_img"] = image_loss(pred, state["target"], state["img_mask"])
         if "pair_logits" in state:
-            out["L_co"], out["n_co"] = pair_loss(state["pair_logits"], state["pair_labels"])
+            out["L_co"], out["n_co"] = pair_loss(state["pair_logits"], state["pair"], state["pair_weight"])
         c = self.cfg
         out["loss"] = c.weight_txt * out["L_txt"] + c.weight_img * out["L_img"] + c.weight_co * out["L_co"]
         return out
 
-    def forward(self, batch: dict, generator: torch.Generator | None = None) -> dict:
-        """One pre-training step's forward on a batch dict (mixvlp_ds/data/batch.py).
-        `generator` draws the patch masks (default: torch's global RNG)."""
-        state = self.forward_encoder(batch, generator)
-        state = self.forward_fusion(state, batch)
-        return self.forward_loss(state)
+    def forward(self, batch: dict) -> dict:
+        """One pre-training step's forward on a batch dict (mixvlp_ds/data/batch.py), which
+        carries the word masks (mlm_labels) and the patch masks (patch_mask, patch_source)."""
+        return self.forward_loss(self.forward_fusion(self.forward_encoder(batch)))
 
     # ------------------------------------------------------------------ feature API
     def encode_image(self, pyramid: list[torch.Tensor]) -> torch.Tensor:
@@ -254,7 +249,7 @@ class MixVLP(nn.Module):
             txt_mask = attention_mask.to(self.device).bool()
             e_txt = self.encode_words(input_ids, txt_mask)
         pred = self.forward_decoder(self.fuse(e_txt, txt_mask, e_img)[1]).float()
-        out = torch.where(masks[0][:, :, None], pred.clamp(0, 1), levels[0])
+        out = torch.where(masks[0][:, :, None], pred.clamp(0, 1), levels[0].float())
         return unpatchify(out, self.cfg.block_size)
 
     # ------------------------------------------------------------------ persistence

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from mixvlp_ds.data.patch_masking import draw_patch_masks
 from mixvlp_ds.model import ModelConfig, mask_tokens
 
 PAD, UNK, CLS, SEP, MASK = 0, 1, 2, 3, 4
@@ -14,7 +15,7 @@ def make_batch(cfg: ModelConfig, b: int = 4, seed: int = 0, text_len: int = 12,
                has_image: list[bool] | None = None, has_text: list[bool] | None = None,
                pair: list[float] | None = None, mask_text: bool = True) -> dict:
     """A random batch: smooth-ish images (so patches are predictable), random reports of varying
-    length, BERT-masked text."""
+    length, BERT-masked text, patch masks drawn as the data pipeline draws them."""
     g = torch.Generator().manual_seed(seed)
     s = cfg.image_size
     has_image = torch.tensor(has_image if has_image is not None else [True] * b)
@@ -37,8 +38,10 @@ def make_batch(cfg: ModelConfig, b: int = 4, seed: int = 0, text_len: int = 12,
         ids, labels = mask_tokens(ids, att, mask_token_id=MASK, vocab_size=cfg.vocab_size,
                                   special_token_ids=[PAD, UNK, CLS, SEP, MASK], prob=0.3, generator=g)
         labels[~has_text] = -100
+    patch_mask, patch_source = draw_patch_masks(has_image, cfg.patches_per_level(), cfg.image_mask_ratio, g)
     return {
-        "pyramid": pyramid, "has_image": has_image, "input_ids": ids, "attention_mask": att,
+        "pyramid": pyramid, "has_image": has_image, "patch_mask": patch_mask, "patch_source": patch_source,
+        "input_ids": ids, "attention_mask": att,
         "mlm_labels": labels, "has_text": has_text,
         "pair": torch.tensor(pair if pair is not None else [1.0, 0.0] * (b // 2) + [1.0] * (b % 2)),
         "labels": torch.zeros(b, 0), "key": [f"k{i}" for i in range(b)],

@@ -97,8 +97,7 @@ def test_save_and_from_pretrained_round_trip(tmp_path, batch_factory):
     again = MixVLP.from_pretrained(tmp_path / "m").eval()
     assert again.cfg == cfg
     batch = batch_factory(cfg, 2)
-    g = torch.Generator()
-    assert torch.equal(model(batch, g.manual_seed(0))["loss"], again(batch, g.manual_seed(0))["loss"])
+    assert torch.equal(model(batch)["loss"], again(batch)["loss"])
     assert (tmp_path / "m" / "tokenizer" / "tokenizer.json").is_file()
     with pytest.raises(FileNotFoundError, match="not a MixVLP directory"):
         MixVLP.from_pretrained(tmp_path / "tok")

@@ -2,8 +2,11 @@
 
 import torch
 
+from mixvlp_ds.data.patch_masking import draw_patch_masks
 from mixvlp_ds.model import MixVLP, ModelConfig, mask_tokens, random_patch_masking
 from mixvlp_ds.model.losses import image_loss
+from mixvlp_ds.model.masking import masked_word_positions
+from mixvlp_ds.text.masking import masked_word_budget
 
 PAD, UNK, CLS, SEP, MASK = 0, 1, 2, 3, 4
 
@@ -22,6 +25,39 @@ def test_mask_tokens_follows_bert_rule():
     frac_mask = (masked[chosen] == MASK).float().mean().item()
     frac_same = (masked[chosen] == ids[chosen]).float().mean().item()
     assert abs(frac_mask - 0.8) < 0.02 and abs(frac_same - 0.1) < 0.02
+
+
+def test_each_row_masks_a_fixed_count_within_the_budget():
+    """BERT's rule: round(0.15 n) words of a row with n real words (at least 1), never more than
+    the budget, so the model reads a fixed (B, budget) set of positions."""
+    g = torch.Generator().manual_seed(1)
+    lengths = [3, 10, 47, 120, 148]
+    ids = torch.full((len(lengths), 150), PAD)
+    for i, n in enumerate(lengths):
+        ids[i, 0], ids[i, 1:n + 1], ids[i, n + 1] = CLS, torch.randint(5, 1000, (n,), generator=g), SEP
+    att = (ids != PAD).long()
+    _, labels = mask_tokens(ids, att, mask_token_id=MASK, vocab_size=1000,
+                            special_token_ids=[PAD, UNK, CLS, SEP, MASK], prob=0.15, generator=g)
+    counts = (labels != -100).sum(1).tolist()
+    assert counts == [max(1, round(0.15 * n)) for n in lengths]
+    budget = masked_word_budget(150, 0.15)
+    assert budget == 23 and max(counts) <= budget
+    positions, targets = masked_word_positions(labels, budget)
+    assert positions.shape == targets.shape == (len(lengths), budget)
+    for i, n in enumerate(counts):
+        assert torch.equal(positions[i, :n], (labels[i] != -100).nonzero().squeeze(1))
+        assert torch.equal(targets[i, :n], labels[i, positions[i, :n]]) and (targets[i, n:] == -100).all()
+
+
+def test_patch_masks_of_a_mixed_batch_stay_among_images():
+    has_image = torch.tensor([True, False, True, False, True])
+    masks, sources = draw_patch_masks(has_image, (64, 16, 4), 0.15, torch.Generator().manual_seed(0))
+    for m, src, n in zip(masks, sources, (64, 16, 4), strict=True):
+        assert (m.sum(1) == has_image * max(1, round(0.15 * n))).all()   # 15% of image rows only
+        rows = src[m] // n
+        assert has_image[rows].all()                                     # replacements come from images
+        own = torch.arange(5 * n).reshape(5, n)
+        assert torch.equal(src[~m], own[~m])
 
 
 
@@ -46,7 +82,7 @@ def test_losses_only_on_masked_positions(batch_factory):
     model = MixVLP(cfg).eval()
     batch = batch_factory(cfg, 4)
     with torch.no_grad():
-        state = model.forward_fusion(model.forward_encoder(batch, torch.Generator().manual_seed(3)), batch)
+        state = model.forward_fusion(model.forward_encoder(batch))
         ref = model.forward_loss(state)
 
         def loss_with(key, value):
@@ -78,13 +114,12 @@ def test_pair_matching_ignores_padding(batch_factory):
     torch.manual_seed(0)
     model = MixVLP(cfg).eval()
     batch = batch_factory(cfg, 4)
-    state = model.forward_fusion(model.forward_encoder(batch, torch.Generator().manual_seed(1)), batch)
+    state = model.forward_fusion(model.forward_encoder(batch))
     pad = batch["attention_mask"] == 0
     assert pad.any()
     ids = batch["input_ids"].clone()
     ids[pad] = torch.randint(5, cfg.vocab_size, (int(pad.sum()),))
-    state2 = model.forward_fusion(model.forward_encoder(dict(batch, input_ids=ids),
-                                                        torch.Generator().manual_seed(1)), batch)
+    state2 = model.forward_fusion(model.forward_encoder(dict(batch, input_ids=ids)))
     assert torch.allclose(state["pair_logits"], state2["pair_logits"], atol=1e-6)
     # and the head's inputs at padded words: garbage there changes nothing
     e_txt, mask = state["e_txt"], state["txt_mask"]
@@ -108,7 +143,7 @@ def test_tiny_model_overfits_one_batch(batch_factory):
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
     first = None
     for _ in range(200):
-        out = model(batch, generator=torch.Generator().manual_seed(0))
+        out = model(batch)
         opt.zero_grad()
         out["loss"].backward()
         opt.step()
