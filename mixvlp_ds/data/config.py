@@ -91,7 +91,8 @@ class DataConfig:
     min_records_before_abort: int = 200
     skip_log: str = ""              # JSON lines of skipped records/shards ("" = log only)
     on_world_size_change: Literal["restart_epoch", "next_epoch", "error"] = "restart_epoch"
-    drop_last: bool = False
+    drop_last: bool = False         # a short last batch per worker and epoch: padded (False) or dropped
+    prefetch_factor: int = 2        # batches each worker prepares ahead
     s3_retries: int = 5             # read attempts of one shard byte range before it counts as failed
     s3_backoff: float = 0.5         # seconds, doubled after each failed attempt
     cache_dir: str = ""             # streaming backend: local cache of remote MDS shards
@@ -109,8 +110,9 @@ class DataConfig:
             raise ConfigError(f"data.paired_percent must lie in [0, 100], got {self.paired_percent}")
         if not 0 <= self.negative_rate < 1:
             raise ConfigError(f"data.negative_rate must lie in [0, 1), got {self.negative_rate}")
-        if self.batch_size < 1 or self.num_workers < 0 or self.shuffle_buffer < 1:
-            raise ConfigError("data.batch_size >= 1, data.num_workers >= 0, data.shuffle_buffer >= 1")
+        if self.batch_size < 1 or self.num_workers < 0 or self.shuffle_buffer < 1 or self.prefetch_factor < 1:
+            raise ConfigError("data.batch_size >= 1, data.num_workers >= 0, data.shuffle_buffer >= 1, "
+                              "data.prefetch_factor >= 1")
         if not 2 <= self.max_text_len <= 150:
             raise ConfigError(f"data.max_text_len must lie in [2, 150], got {self.max_text_len}")
         if self.label_space not in LABEL_SPACES:

@@ -9,10 +9,17 @@
 Work split: each epoch every source's shard list is shuffled (seeded by epoch) and dealt to
 world_size x num_workers "slots" (greedily by sample count), so each shard is read by exactly one
 worker of one rank. A slot interleaves its sources, runs the mixing sampler, and yields whole
-batches. All randomness in a slot is seeded by (seed, epoch, slot), so an epoch replays
-identically; the state is just the epoch and how many tuples each worker has delivered.
-Restoring replays each worker's slot from the epoch start, skipping (without decoding) the
-tuples already delivered, and rotates the workers so the round-robin continues where it stopped.
+batches of exactly `batch_size` rows (a short last one is filled with padding rows that carry no
+loss, or dropped with `drop_last`), each with its word and patch masks. All randomness in a slot
+is seeded by (seed, epoch, slot), so an epoch replays identically; the state is just the epoch
+and how many tuples each worker has delivered. Restoring replays each worker's slot from the
+epoch start, skipping (without decoding) the tuples already delivered, and rotates the workers so
+the round-robin continues where it stopped.
+
+Worker processes live as long as the loader (one DataLoader, persistent across epochs: each
+worker plays the next epoch of its slot when the next `for` starts); an epoch left unfinished, a
+`load_state_dict` or `close()` shuts them down. With `pin_memory` (set on CUDA) batches arrive in
+page-locked memory, so the step's host-to-device copies can overlap compute.
 """
 
 from __future__ import annotations
@@ -24,9 +31,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from mixvlp_ds.data.collate import collate
+from mixvlp_ds.data.collate import collate, padding_row
 from mixvlp_ds.data.config import DataConfig, resolve_sources
 from mixvlp_ds.data.faults import FaultCounter
+from mixvlp_ds.data.patch_masking import PatchMasking
 from mixvlp_ds.data.reader import (
     Record,
     SampleError,
@@ -97,9 +105,10 @@ class SlotStream:
     """One worker's epoch: records -> sampler -> decoded rows -> batches (with tags for the loader)."""
 
     def __init__(self, cfg: DataConfig, tokenizer, records_fn, epoch: int, slot: int, worker: int, skip: int,
-                 seed: int):
+                 seed: int, patch_masking: PatchMasking | None = None):
         self.cfg, self.tokenizer, self.records_fn = cfg, tokenizer, records_fn
         self.epoch, self.slot, self.worker, self.skip, self.seed = epoch, slot, worker, skip, seed
+        self.patch_masking = patch_masking
         self.faults = FaultCounter(cfg.max_skip_fraction, cfg.min_records_before_abort, cfg.skip_log,
                                    where=f"[data slot {slot} epoch {epoch}] ")
 
@@ -127,7 +136,8 @@ class SlotStream:
                 yield self._batch(rows, kept, start, consumed, sampler)
                 rows, kept, start = [], [], consumed
         self.faults.check()
-        if rows and not cfg.drop_last:
+        if rows and not cfg.drop_last:  # one shape for every batch: fill up with padding rows
+            rows += [padding_row(cfg.label_space) for _ in range(cfg.batch_size - len(rows))]
             yield self._batch(rows, kept, start, consumed, sampler)
 
     def _decode(self, t: MixedTuple) -> dict | None:
@@ -153,35 +163,44 @@ class SlotStream:
                                                 .integers(2**62)))
         batch = collate(rows, self.tokenizer, mask_text=self.cfg.mask_text, label_space=self.cfg.label_space,
                         image_size=self.cfg.image_size, max_text_len=self.cfg.max_text_len,
-                        mask_prob=self.cfg.mask_text_prob, pad_to_max=self.cfg.pad_to_max, generator=gen)
+                        mask_prob=self.cfg.mask_text_prob, pad_to_max=self.cfg.pad_to_max, generator=gen,
+                        patch_masking=self.patch_masking)
         batch["shares"] = batch_shares(tuples, [s.institution for s in self.cfg.sources])
         batch["_worker"], batch["_consumed"] = self.worker, consumed
         batch["_faults"], batch["_counts"] = self.faults.as_dict(), dict(sampler.counts)
         return batch
 
 
-class _EpochDataset(IterableDataset):
-    """One rank's epoch; DataLoader worker i plays logical worker (i + rotation) % num_workers."""
+class _RankDataset(IterableDataset):
+    """One rank's epochs. The k-th iteration of a copy (in a persistent worker process, or in this
+    process when num_workers is 0) plays epoch `epoch + k`; the first one resumes mid-epoch
+    (`consumed`) and with DataLoader worker i playing logical worker (i + rotation) % workers."""
 
-    def __init__(self, make_stream, num_workers: int, rotation: int):
+    def __init__(self, make_stream, num_workers: int, epoch: int, consumed: list[int], rotation: int):
         super().__init__()
-        self.make_stream, self.num_workers, self.rotation = make_stream, num_workers, rotation
+        self.make_stream, self.num_workers = make_stream, num_workers
+        self.epoch, self.consumed, self.rotation, self.plays = epoch, consumed, rotation, 0
 
     def __iter__(self):
         info = get_worker_info()
         i = info.id if info is not None else 0
-        worker = (i + self.rotation) % max(self.num_workers, 1)
-        return iter(self.make_stream(worker))
+        first = self.plays == 0
+        epoch = self.epoch + self.plays
+        self.plays += 1
+        worker = (i + (self.rotation if first else 0)) % max(self.num_workers, 1)
+        return iter(self.make_stream(epoch, worker, self.consumed[worker] if first else 0))
 
 
 class PretrainLoader:
     """Iterable of batches (one epoch per iteration) with exact-resume state. See module doc."""
 
-    def __init__(self, cfg: DataConfig, tokenizer, rank: int = 0, world_size: int = 1, seed: int = 0):
+    def __init__(self, cfg: DataConfig, tokenizer, rank: int = 0, world_size: int = 1, seed: int = 0,
+                 patch_masking: PatchMasking | None = None, pin_memory: bool = False):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} not in [0, {world_size})")
         self.cfg, self.tokenizer = cfg, tokenizer
         self.rank, self.world_size, self.seed = rank, world_size, seed
+        self.patch_masking, self.pin_memory = patch_masking, pin_memory
         self.workers = max(cfg.num_workers, 1)
         self.specs = resolve_sources(cfg)
         self.epoch = 0
@@ -190,6 +209,7 @@ class PretrainLoader:
         self.faults: dict[int, dict] = {}
         self.counts: dict[int, dict] = {}
         self._backend = self._make_backend()
+        self._dataloader: DataLoader | None = None  # when set, its next iteration plays self.epoch
 
     # ------------------------------------------------------------ backends
     def _make_backend(self):
@@ -199,28 +219,48 @@ class PretrainLoader:
             return MdsRecords(self.cfg, self.specs, self.rank, self.world_size, self.seed)
         return WdsRecords(self.cfg, self.specs, self.rank, self.world_size, self.seed)
 
-    def _stream(self, epoch: int, consumed: list[int], worker: int) -> SlotStream:
+    def _stream(self, epoch: int, worker: int, skip: int) -> SlotStream:
         slot = self.rank * self.workers + worker
         return SlotStream(self.cfg, self.tokenizer, self._backend.records_fn(epoch, worker), epoch, slot,
-                          worker, consumed[worker], self.seed)
+                          worker, skip, self.seed, self.patch_masking)
+
+    def _open(self) -> DataLoader:
+        """The DataLoader that plays epochs from self.epoch on, resuming at self.consumed."""
+        if self._dataloader is None:
+            ds = _RankDataset(self._stream, self.cfg.num_workers, self.epoch, list(self.consumed),
+                              self.next_worker)
+            workers = self.cfg.num_workers
+            self._dataloader = DataLoader(ds, batch_size=None, num_workers=workers,
+                                          pin_memory=self.pin_memory,
+                                          prefetch_factor=self.cfg.prefetch_factor if workers else None,
+                                          persistent_workers=workers > 0)
+        return self._dataloader
+
+    def close(self) -> None:
+        """Stop the worker processes (they live across epochs otherwise). DataLoader has no public
+        call for it; its iterator's own shutdown is what its finaliser runs."""
+        it = getattr(self._dataloader, "_iterator", None)
+        if it is not None and hasattr(it, "_shutdown_workers"):
+            it._shutdown_workers()
+        self._dataloader = None
 
     # ------------------------------------------------------------ iteration
     def __iter__(self) -> Iterator[dict]:
-        epoch, consumed = self.epoch, list(self.consumed)
-        self._backend.start_epoch(epoch)
-        ds = _EpochDataset(lambda w: self._stream(epoch, consumed, w), self.cfg.num_workers, self.next_worker)
-        if self.cfg.num_workers == 0:
-            it = iter(ds)
-        else:
-            it = iter(DataLoader(ds, batch_size=None, num_workers=self.cfg.num_workers, prefetch_factor=2,
-                                 persistent_workers=False))
-        for batch in it:
-            w = batch.pop("_worker")
-            self.consumed[w] = batch.pop("_consumed")
-            self.faults[w], self.counts[w] = batch.pop("_faults"), batch.pop("_counts")
-            self.next_worker = (w + 1) % self.workers
-            yield batch
-        self.epoch, self.consumed, self.next_worker = epoch + 1, [0] * self.workers, 0
+        epoch = self.epoch
+        done = False
+        try:
+            for batch in self._open():
+                w = batch.pop("_worker")
+                self.consumed[w] = batch.pop("_consumed")
+                self.faults[w], self.counts[w] = batch.pop("_faults"), batch.pop("_counts")
+                self.next_worker = (w + 1) % self.workers
+                yield batch
+            done = True
+        finally:
+            if done:
+                self.epoch, self.consumed, self.next_worker = epoch + 1, [0] * self.workers, 0
+            else:  # left mid-epoch: the workers are ahead of our state, start them anew next time
+                self.close()
 
     # ------------------------------------------------------------ state
     def state_dict(self) -> dict:
@@ -234,6 +274,7 @@ class PretrainLoader:
                         "derivation": "SeedSequence(seed, epoch, slot)"}}
 
     def load_state_dict(self, state: dict) -> None:
+        self.close()
         if state.get("version") != STATE_VERSION:
             raise ValueError(f"data loader state version {state.get('version')!r}, expected {STATE_VERSION}")
         if state["seed"] != self.seed or state["backend"] != self.cfg.backend:
@@ -285,13 +326,16 @@ class WdsRecords:
         total = sum(len(v) for v in self.shards.values())
         if total < self.n_slots:
             log.warning("%d shards for %d rank x worker slots: some workers get no data", total, self.n_slots)
-        self.epoch_slots: list[list[ShardRef]] = []
+        self._dealt: tuple[int, list[list[ShardRef]]] | None = None
 
-    def start_epoch(self, epoch: int) -> None:
-        self.epoch_slots = deal_shards(self.shards, self.weights, epoch, self.seed, self.n_slots)
+    def slots(self, epoch: int) -> list[list[ShardRef]]:
+        """This epoch's shards per slot (dealt once per epoch and process)."""
+        if self._dealt is None or self._dealt[0] != epoch:
+            self._dealt = (epoch, deal_shards(self.shards, self.weights, epoch, self.seed, self.n_slots))
+        return self._dealt[1]
 
     def records_fn(self, epoch: int, worker: int):
-        refs = self.epoch_slots[self.rank * self.workers + worker]
+        refs = self.slots(epoch)[self.rank * self.workers + worker]
         cfg = self.cfg
 
         def records(faults: FaultCounter, rng: np.random.Generator) -> Iterator[Record]:
@@ -310,8 +354,9 @@ class WdsRecords:
         return records
 
 
-def build_pretrain_loader(cfg: DataConfig, tokenizer, rank: int = 0, world_size: int = 1,
-                          seed: int = 0) -> PretrainLoader:
+def build_pretrain_loader(cfg: DataConfig, tokenizer, rank: int = 0, world_size: int = 1, seed: int = 0,
+                          patch_masking: PatchMasking | None = None,
+                          pin_memory: bool = False) -> PretrainLoader:
     """The pre-training batches of one rank (see PretrainLoader and docs/data.md)."""
     cfg.validate()
-    return PretrainLoader(cfg, tokenizer, rank, world_size, seed)
+    return PretrainLoader(cfg, tokenizer, rank, world_size, seed, patch_masking, pin_memory)

@@ -83,15 +83,18 @@ class MdsRecords:
             url = f"{specs[int(stream_id)].uri}#mds-shard-{shard_id}"
             self.shards[name].append(ShardRef(name, url, int(self.dataset.samples_per_shard[shard_id])))
             self.first_sample[url] = int(offsets[shard_id])
-        self.epoch_slots: list[list[ShardRef]] = []
+        self._dealt: tuple[int, list[list[ShardRef]]] | None = None
 
-    def start_epoch(self, epoch: int) -> None:
-        self.epoch_slots = self.deal(self.shards, self.weights, epoch, self.seed, self.n_slots)
+    def slots(self, epoch: int) -> list[list[ShardRef]]:
+        """This epoch's shards per slot (dealt once per epoch and process)."""
+        if self._dealt is None or self._dealt[0] != epoch:
+            self._dealt = (epoch, self.deal(self.shards, self.weights, epoch, self.seed, self.n_slots))
+        return self._dealt[1]
 
     def records_fn(self, epoch: int, worker: int):
         from mixvlp_ds.data.loader import interleave
 
-        refs = self.epoch_slots[self.rank * self.workers + worker]
+        refs = self.slots(epoch)[self.rank * self.workers + worker]
 
         def records(faults: FaultCounter, rng: np.random.Generator) -> Iterator[Record]:
             streams = {}
