@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from mixvlp_ds.config import ConfigError, apply_overrides, from_dict, read_file, to_dict
-from mixvlp_ds.data.config import DataConfig
+from mixvlp_ds.data.config import DataConfig, resolve_sources
 from mixvlp_ds.model.config import ModelConfig
 
 
@@ -37,6 +37,7 @@ class TrainConfig:
     clip_grad: float = 1.0               # gradient norm clipping (0 = off)
     steps: int = 100_000                 # optimizer steps of the whole run
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"  # "auto": what the DS config says
+    compile: bool | None = None          # torch.compile the model through the engine; None: on CUDA only
     seed: int = 0
     # robustness
     max_nonfinite_in_row: int = 20       # consecutive non-finite losses before the run stops
@@ -85,6 +86,14 @@ class RunConfig:
         if not self.tokenizer:
             raise ConfigError("tokenizer: name a tokenizer directory "
                               "(python -m mixvlp_ds.text.tokenizer train)")
+        if m.fusion == "unit":
+            # UNIT fuses image and report in every row; the step cannot refuse a row on the device
+            lonely = [s.name for s in resolve_sources(d) if s.role == "text_only" or s.rest == "split"
+                      or (s.role == "image_only" and not s.pair_with)]
+            if lonely:
+                raise ConfigError(f"model.fusion=unit needs an image and a report in every row, but sources "
+                                  f"{lonely} give image-only or text-only rows: re-pair them (data.scenario="
+                                  f"mixup2, or pair_with in a custom scenario) or use model.arch=uwox")
 
     def accumulation(self, world_size: int) -> int:
         """Gradient accumulation steps so that micro x accum x world == train.batch_size."""

@@ -44,14 +44,17 @@ def _fill(section: dict, key: str, value: Any, source: str, where: str) -> None:
         raise ConfigError(f"{where}: {key}={have!r} contradicts the run config ({source}={value!r})")
 
 
-def resolve_precision(ds: dict, run: RunConfig, device_type: str, bf16_ok: bool, where: str) -> str:
-    """Fill bf16/fp16 "enabled"; returns "bf16" | "fp16" | "fp32"."""
+def resolve_precision(ds: dict, run: RunConfig, device_type: str, bf16_ok: bool, where: str,
+                      fp16_ok: bool | None = None) -> str:
+    """Fill bf16/fp16 "enabled"; returns "bf16" | "fp16" | "fp32". bf16_ok / fp16_ok: what the
+    accelerator supports (DeepSpeed's CPU accelerator: bf16 yes, fp16 no); fp16_ok defaults to
+    "on CUDA"."""
     want = run.train.precision
     flags = {k: ds.get(k, {}).get("enabled", AUTO) for k in ("bf16", "fp16")}
     if want == "auto":
-        # the DS file decides; "auto" in it means bf16 where the device has it, else fp32
+        # the DS file decides; "auto" in it means bf16 where the accelerator has it, else fp32
         if flags["bf16"] == AUTO:
-            flags["bf16"] = device_type != "cpu" and bf16_ok and flags["fp16"] is not True
+            flags["bf16"] = bf16_ok and flags["fp16"] is not True
         if flags["fp16"] == AUTO:
             flags["fp16"] = False
     else:
@@ -63,16 +66,30 @@ def resolve_precision(ds: dict, run: RunConfig, device_type: str, bf16_ok: bool,
                                   f"(train.precision={want!r})")
     if flags["bf16"] and flags["fp16"]:
         raise ConfigError(f"{where}: bf16 and fp16 are both enabled")
+    fp16_ok = device_type == "cuda" if fp16_ok is None else fp16_ok
+    if flags["fp16"] and not fp16_ok:
+        raise ConfigError(f"{where}: fp16 is enabled, but this {device_type} device has no fp16 training "
+                          f"(DeepSpeed's CPU accelerator runs bf16 and fp32 only); use ds_configs/zero2.json "
+                          f"(bf16) or ds_configs/cpu.json (fp32)")
+    if flags["bf16"] and not bf16_ok:
+        raise ConfigError(f"{where}: bf16 is enabled, but this {device_type} device has no bf16; use "
+                          f"ds_configs/fp16.json (GPUs before Ampere) or ds_configs/cpu.json (fp32)")
     for k in ("bf16", "fp16"):
         ds.setdefault(k, {})["enabled"] = bool(flags[k])
     return "bf16" if flags["bf16"] else "fp16" if flags["fp16"] else "fp32"
 
 
 def fill_ds_config(ds: dict, run: RunConfig, world_size: int, device_type: str = "cpu",
-                   bf16_ok: bool = False, where: str = "ds_config") -> dict:
+                   bf16_ok: bool = False, where: str = "ds_config", fp16_ok: bool | None = None) -> dict:
     """A copy of `ds` with every shared value taken from `run`; raises ConfigError on contradictions."""
     ds = copy.deepcopy(ds)
     t = run.train
+    stage = ds.get("zero_optimization", {}).get("stage", 0)
+    if stage not in (1, 2, 3):
+        # the loop skips a step with non-finite gradients through the ZeRO optimizer's overflow
+        # check (no host read per micro-batch); without ZeRO nothing would skip it
+        raise ConfigError(f"{where}: zero_optimization.stage={stage}; the training loop needs ZeRO "
+                          f"stage 1, 2 or 3 (its optimizer skips steps with non-finite gradients)")
     accum = run.accumulation(world_size)
     _fill(ds, "train_micro_batch_size_per_gpu", run.data.batch_size, "data.batch_size", where)
     _fill(ds, "gradient_accumulation_steps", accum,
@@ -92,7 +109,7 @@ def fill_ds_config(ds: dict, run: RunConfig, world_size: int, device_type: str =
         sp = sched.setdefault("params", {})
         for key in SCHEDULER_KEYS.get(sched.get("type"), ()):
             _fill(sp, key, *known[key], f"{where} scheduler.params")
-    resolve_precision(ds, run, device_type, bf16_ok, where)
+    resolve_precision(ds, run, device_type, bf16_ok, where, fp16_ok)
     ds.setdefault("steps_per_print", 10**9)  # our progress display reports; keep DeepSpeed quiet
     leftovers = [k for k, v in _walk(ds) if v == AUTO]
     if leftovers:
@@ -109,10 +126,10 @@ def _walk(d: Any, prefix: str = ""):
 
 
 def load_ds_config(path: str | Path, run: RunConfig, world_size: int, device_type: str = "cpu",
-                   bf16_ok: bool = False) -> dict:
+                   bf16_ok: bool = False, fp16_ok: bool | None = None) -> dict:
     path = Path(path)
     try:
         ds = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise ConfigError(f"cannot read DeepSpeed config {path}: {e}") from e
-    return fill_ds_config(ds, run, world_size, device_type, bf16_ok, where=str(path))
+    return fill_ds_config(ds, run, world_size, device_type, bf16_ok, where=str(path), fp16_ok=fp16_ok)

@@ -1,10 +1,13 @@
 """The training loop: micro-batches through the DeepSpeed engine until `total_steps` optimizer steps.
 
-Per micro-batch: forward, one all-reduce of the step vector (metrics.FIELDS), then backward and
-engine.step(); DeepSpeed applies the optimizer at each gradient-accumulation boundary. A non-finite
-loss on ANY rank (the all-reduce makes every rank agree) skips that micro-batch on all ranks: no
-backward, no step, the next micro-batch takes its place; it is counted, and `max_nonfinite_in_row`
-consecutive ones stop the run with NonFiniteLossError.
+Per micro-batch: forward, the meter's device-side sums, backward, engine.step(); DeepSpeed applies
+the optimizer at each gradient-accumulation boundary. Nothing here waits for the device: the loss
+is never read on the host. A step whose gradients are not finite is skipped by DeepSpeed itself
+(its overflow check, on every rank together: bf16 and fp16 check the gradients before applying
+them, fp32 ZeRO finds the norm invalid); only then does the loop look at the step's losses (one
+host read) to count it as a non-finite loss or, in fp16, a loss-scale overflow. Skipped steps do
+not count towards `total_steps`; `max_nonfinite_in_row` consecutive ones stop the run with
+NonFiniteLossError.
 """
 
 from __future__ import annotations
@@ -12,10 +15,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 
-import torch.distributed as dist
-
-from mixvlp_ds.data.batch import to_device
-from mixvlp_ds.train.metrics import step_vector
+from mixvlp_ds.data.batch import model_inputs
+from mixvlp_ds.train.metrics import StepMeter
 
 
 class NonFiniteLossError(RuntimeError):
@@ -24,9 +25,10 @@ class NonFiniteLossError(RuntimeError):
 
 @dataclass
 class LoopState:
-    step: int = 0                # optimizer steps done
-    micro_batches: int = 0       # micro-batches consumed (including skipped ones)
-    skipped_nonfinite: int = 0
+    step: int = 0                # optimizer steps applied
+    micro_batches: int = 0       # micro-batches consumed (including those of skipped steps)
+    skipped_nonfinite: int = 0   # steps skipped: a non-finite loss on some rank
+    skipped_overflow: int = 0    # steps skipped: finite loss, overflowing gradients (fp16 loss scale)
     nonfinite_in_row: int = 0
 
     def state_dict(self) -> dict:
@@ -44,44 +46,49 @@ def batches_forever(loader: Iterable):
             raise RuntimeError("the data loader yielded no batch in a whole epoch (no shards for this rank?)")
 
 
-def train(engine, loader: Iterable, state: LoopState, total_steps: int, max_nonfinite_in_row: int,
-          num_patches: int, on_step: Callable[[LoopState, dict], None], on_batch: Callable[[dict], None]):
-    """Run until state.step == total_steps; `on_step(state, summed_vector)` after each optimizer step
-    (logging, checkpoints), `on_batch(batch)` for every consumed micro-batch (rank-local metrics)."""
+def train(engine, loader: Iterable, state: LoopState, meter: StepMeter, total_steps: int,
+          max_nonfinite_in_row: int, on_step: Callable[[LoopState], None]) -> LoopState:
+    """Run until state.step == total_steps; `on_step(state)` after each applied optimizer step
+    (logging through `meter.read()`, checkpoints)."""
     engine.train()
     batches = batches_forever(loader)
     try:
-        return _run(engine, batches, state, total_steps, max_nonfinite_in_row, num_patches, on_step, on_batch)
-    finally:
-        batches.close()  # stops the loader's worker processes
-
-
-def _run(engine, batches, state, total_steps, max_nonfinite_in_row, num_patches, on_step, on_batch):
-    total = None
-    while state.step < total_steps:  # checked before drawing, so the loader's state stays exact
-        batch = next(batches)
-        state.micro_batches += 1
-        on_batch(batch)
-        out = engine(to_device(batch, engine.device))
-        vec = step_vector(out, batch, num_patches, engine.device)
-        dist.all_reduce(vec)
-        if vec[7] > 0:  # "nonfinite": some rank's loss is NaN/inf
+        while state.step < total_steps:  # checked before drawing, so the loader's state stays exact
+            batch = next(batches)
+            state.micro_batches += 1
+            out = engine(model_inputs(batch, engine.device))
+            meter.add(out, batch)
+            boundary = engine.is_gradient_accumulation_boundary()
+            engine.backward(out["loss"])
+            engine.step()
             del out
-            state.skipped_nonfinite += 1
-            state.nonfinite_in_row += 1
-            if state.nonfinite_in_row >= max_nonfinite_in_row:
-                raise NonFiniteLossError(
-                    f"{state.nonfinite_in_row} non-finite losses in a row at step {state.step} "
-                    f"(micro-batch {state.micro_batches}); stopping. Lower train.lr, check the data, or "
-                    f"resume from the last checkpoint")
-            continue
-        state.nonfinite_in_row = 0
-        boundary = engine.is_gradient_accumulation_boundary()
-        engine.backward(out["loss"])
-        engine.step()
-        total = vec if total is None else total + vec
-        if boundary:
-            state.step += 1
-            on_step(state, total)
-            total = None
+            if not boundary:
+                continue
+            if engine.was_step_applied():
+                meter.end_step(applied=True)
+                state.step += 1
+                state.nonfinite_in_row = 0
+                on_step(state)
+            else:
+                _skipped(state, meter, max_nonfinite_in_row)
+    finally:
+        batches.close()
+        if hasattr(loader, "close"):
+            loader.close()  # stops the loader's worker processes
     return state
+
+
+def _skipped(state: LoopState, meter: StepMeter, max_in_row: int) -> None:
+    nonfinite = meter.step_was_nonfinite()
+    meter.end_step(applied=False)
+    state.nonfinite_in_row += 1
+    if nonfinite:
+        state.skipped_nonfinite += 1
+    else:
+        state.skipped_overflow += 1
+    if state.nonfinite_in_row >= max_in_row:
+        raise NonFiniteLossError(
+            f"{state.nonfinite_in_row} non-finite losses in a row at step {state.step} (micro-batch "
+            f"{state.micro_batches}; skipped so far: {state.skipped_nonfinite} steps with a non-finite loss, "
+            f"{state.skipped_overflow} with only the gradients overflowing); stopping. Lower train.lr, check "
+            f"the data, or resume from the last checkpoint")

@@ -14,7 +14,6 @@ resume.py for what a checkpoint holds, checkpoint_store.py for the S3 commit pro
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import sys
 from pathlib import Path
@@ -73,8 +72,10 @@ def find_resume(run: RunConfig, info, out_dir: Path) -> Path | None:
 
 
 def build(run: RunConfig, info):
-    """Tokenizer, model (same initial weights on every rank), data loader."""
+    """Tokenizer, model (same initial weights on every rank), data loader (which draws the word and
+    patch masks the model's geometry asks for; pinned batches on CUDA)."""
     from mixvlp_ds.data import build_pretrain_loader
+    from mixvlp_ds.data.patch_masking import PatchMasking
     from mixvlp_ds.model import MixVLP
     from mixvlp_ds.text.tokenizer import load_tokenizer
 
@@ -84,8 +85,29 @@ def build(run: RunConfig, info):
                          f"{run.model.vocab_size}")
     torch.manual_seed(run.train.seed)  # identical initialisation everywhere (ZeRO-3 partitions it as is)
     model = MixVLP(run.model)
-    loader = build_pretrain_loader(run.data, tokenizer, info.rank, info.world_size, seed=run.train.seed)
+    masking = (PatchMasking(run.model.patches_per_level(), run.model.image_mask_ratio)
+               if run.model.use_image else None)
+    loader = build_pretrain_loader(run.data, tokenizer, info.rank, info.world_size, seed=run.train.seed,
+                                   patch_masking=masking, pin_memory=info.device.type == "cuda")
     return tokenizer, model, loader
+
+
+def precision_support(device: torch.device) -> tuple[bool, bool]:
+    """(bf16, fp16) training support of DeepSpeed's accelerator for this device (CPU: bf16 only)."""
+    from deepspeed.accelerator import get_accelerator
+
+    acc = get_accelerator()
+    return bool(acc.is_bf16_supported()), bool(acc.is_fp16_supported())
+
+
+def maybe_compile(engine, train_cfg, device: torch.device, log) -> bool:
+    """torch.compile the model through DeepSpeed (train.compile; None = on CUDA). The step is
+    shaped for one graph (static shapes, no host reads; tests/model/test_compile.py)."""
+    on = device.type == "cuda" if train_cfg.compile is None else train_cfg.compile
+    if on:
+        engine.compile(compile_kwargs={"dynamic": False})
+        log(f"[train] model compiled with torch.compile ({engine.is_compiled})")
+    return on
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -96,7 +118,7 @@ def main(argv: list[str] | None = None) -> dict:
     from mixvlp_ds.train.ds_config import load_ds_config
     from mixvlp_ds.train.engine import build_engine, init_distributed, peak_flops
     from mixvlp_ds.train.loop import LoopState, train
-    from mixvlp_ds.train.metrics import MetricsSink, summarize
+    from mixvlp_ds.train.metrics import MetricsSink, StepMeter
     from mixvlp_ds.train.progress import Progress
     from mixvlp_ds.train.resume import restore_training_state, save_training_state
 
@@ -111,14 +133,15 @@ def main(argv: list[str] | None = None) -> dict:
     t = run.train
     default_ds = "cpu.json" if info.device.type == "cpu" else "zero2.json"
     ds_path = args.deepspeed_config or DS_CONFIGS / default_ds
-    bf16_ok = info.device.type == "cuda" and torch.cuda.is_bf16_supported()
-    ds_config = load_ds_config(ds_path, run, info.world_size, info.device.type, bf16_ok)
+    bf16_ok, fp16_ok = precision_support(info.device)
+    ds_config = load_ds_config(ds_path, run, info.world_size, info.device.type, bf16_ok, fp16_ok)
     out_dir, root = Path(t.output_dir), Path(t.output_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
 
     tokenizer, model, loader = build(run, info)
     engine = build_engine(model, ds_config, t)
-    torch.manual_seed(t.seed * 1000 + info.rank)  # masking/dropout differ per rank from here on
+    compiled = maybe_compile(engine, t, info.device, lambda m: log0(info, m))
+    torch.manual_seed(t.seed * 1000 + info.rank)  # dropout differs per rank from here on
     np.random.seed((t.seed * 1000 + info.rank) % 2**32)
     state = LoopState()
     if t.resume:
@@ -132,6 +155,7 @@ def main(argv: list[str] | None = None) -> dict:
                                       backoff=t.upload_backoff, upload_timeout=t.upload_timeout,
                                       log=lambda m: print(m, file=sys.stderr, flush=True))
     precision = "bf16" if ds_config["bf16"]["enabled"] else "fp16" if ds_config["fp16"]["enabled"] else "fp32"
+    meter = StepMeter(info.device, run.model.num_patches)
     sink = None
     if info.is_main:
         resolved = {"run": _plain(run), "deepspeed": ds_config}
@@ -141,26 +165,25 @@ def main(argv: list[str] | None = None) -> dict:
                            peak_flops(info.device, precision, t.peak_tflops), info.world_size, progress,
                            t.tensorboard)
         log0(info, f"[train] {info.world_size} rank(s) on {info.device.type}, {precision}, ZeRO stage "
-                   f"{ds_config.get('zero_optimization', {}).get('stage', 0)}, global batch {t.batch_size} = "
+                   f"{ds_config.get('zero_optimization', {}).get('stage', 0)}, "
+                   f"{'compiled' if compiled else 'eager'}, global batch {t.batch_size} = "
                    f"{run.data.batch_size} x {engine.gradient_accumulation_steps()} accum x "
                    f"{info.world_size}, "
                    f"steps {state.step} -> {t.steps}")
 
-    def on_step(st: LoopState, total) -> None:
-        if sink is not None:
-            sink.log(st.step, summarize(total, info.world_size), engine.get_lr()[0],
-                     {"skipped_nonfinite": st.skipped_nonfinite})
+    def on_step(st: LoopState) -> None:
+        if st.step % t.log_every == 0 or st.step == t.steps:
+            summary = meter.read()  # the only per-step host read of the losses, every log_every steps
+            if sink is not None:
+                sink.log(st.step, summary, engine.get_lr()[0],
+                         {"skipped_nonfinite": st.skipped_nonfinite, "skipped_overflow": st.skipped_overflow},
+                         meter.institutions)
         if st.step % t.ckpt_every == 0 or st.step == t.steps:
             save_training_state(engine, root, st.step, run, ds_config, run.tokenizer, loader, st, info,
                                 uploader, log=lambda m: log0(info, m))
 
-    def on_batch(batch: dict) -> None:
-        if sink is not None:
-            sink.see_batch(batch)
-
     try:
-        state = train(engine, loader, state, t.steps, t.max_nonfinite_in_row, run.model.num_patches,
-                      on_step, on_batch)
+        state = train(engine, loader, state, meter, t.steps, t.max_nonfinite_in_row, on_step)
         export_model(engine, ds_config, out_dir / "model", tokenizer, info)
     finally:
         if sink is not None:
@@ -173,18 +196,39 @@ def main(argv: list[str] | None = None) -> dict:
             "committed": list(uploader.committed) if uploader else []}
 
 
-def export_model(engine, ds_config: dict, directory: Path, tokenizer, info) -> None:
-    """The final weights as a plain MixVLP directory (from_pretrained) for fine-tuning; ZeRO-3
-    gathers the partitioned parameters first (a collective: every rank enters)."""
-    stage = ds_config.get("zero_optimization", {}).get("stage", 0)
-    ctx = contextlib.nullcontext()
-    if stage == 3:
-        import deepspeed
+def cli(argv: list[str] | None = None) -> int:
+    """`launchers/pretrain.py` / `mixvlp-pretrain`: main() with a configuration error reported as one
+    line (exit status 2) instead of a traceback."""
+    from mixvlp_ds.config import ConfigError
 
-        ctx = deepspeed.zero.GatheredParameters(list(engine.module.parameters()), modifier_rank=None)
-    with ctx:
+    try:
+        main(argv)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return 2
+    if dist.is_initialized():
+        # tear the process group down before the interpreter does: left to exit, gloo's threads
+        # were seen to abort a finished rank ("terminate called without an active exception")
+        dist.barrier()
+        dist.destroy_process_group()
+    return 0
+
+
+def export_model(engine, ds_config: dict, directory: Path, tokenizer, info) -> None:
+    """The final weights as a plain fp32 MixVLP directory (from_pretrained) for fine-tuning: the
+    optimizer's fp32 master weights, not the bf16/fp16 copies the engine computes with. Gathering
+    them is a collective (every rank enters, ZeRO-3 partitions included); rank 0 writes."""
+    from deepspeed.utils import safe_get_full_fp32_param
+
+    from mixvlp_ds.model.export import save_pretrained
+
+    state = {}
+    for name, p in engine.module.named_parameters():
+        full = safe_get_full_fp32_param(p)
         if info.is_main:
-            engine.module.save_pretrained(directory, tokenizer)
+            state[name] = (p if full is None else full).detach().float().cpu()
+    if info.is_main:
+        save_pretrained(engine.module, directory, tokenizer, state=state)
     dist.barrier()
 
 

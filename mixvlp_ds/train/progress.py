@@ -67,7 +67,8 @@ class Progress:
                             f"image-only {r['share_image_only']:.1%}   text-only {r['share_text_only']:.1%}")
         inst = "   ".join(f"{k} {v:.1%}" for k, v in r.get("institutions", {}).items()) or "-"
         t.add_row("institutions", inst)
-        t.add_row("skipped", f"{r.get('skipped_nonfinite', 0)} non-finite micro-batches")
+        t.add_row("skipped", f"{r.get('skipped_nonfinite', 0)} steps with a non-finite loss, "
+                             f"{r.get('skipped_overflow', 0)} with overflowing gradients")
         return t
 
     def close(self) -> None:

@@ -14,6 +14,7 @@ from mixvlp_ds.train.schedule import lr_factor
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "configs" / "tiny_cpu.yaml"
+Z2 = {"zero_optimization": {"stage": 2}}
 
 
 def run(*overrides):
@@ -34,28 +35,45 @@ def test_every_shipped_config_fills(name):
     assert ds["bf16"]["enabled"] == (name in ("zero2", "zero3", "zero2_offload"))
 
 
-def test_cpu_auto_precision_is_fp32_and_explicit_precision_contradiction():
-    ds = load_ds_config(REPO / "ds_configs" / "zero3.json", run(), 2, "cpu")
+def test_auto_precision_follows_the_accelerator_and_explicit_precision_contradiction():
+    # "auto" is bf16 where the accelerator has it: DeepSpeed's CPU accelerator does
+    ds = load_ds_config(REPO / "ds_configs" / "zero3.json", run(), 2, "cpu", bf16_ok=True)
+    assert ds["bf16"]["enabled"] and not ds["fp16"]["enabled"]
+    ds = load_ds_config(REPO / "ds_configs" / "zero3.json", run(), 2, "cuda", bf16_ok=False)
     assert not ds["bf16"]["enabled"] and not ds["fp16"]["enabled"]
     with pytest.raises(ConfigError, match=r"bf16.enabled=True contradicts.*train.precision='fp32'"):
         load_ds_config(REPO / "ds_configs" / "zero2.json", run("train.precision=fp32"), 1, "cuda", True)
-    ds = load_ds_config(REPO / "ds_configs" / "zero3.json", run("train.precision=bf16"), 1, "cpu")
+    ds = load_ds_config(REPO / "ds_configs" / "zero3.json", run("train.precision=bf16"), 1, "cpu", True)
     assert ds["bf16"]["enabled"]
+
+
+def test_fp16_on_cpu_is_a_clear_error():
+    with pytest.raises(ConfigError, match=r"fp16.json: fp16 is enabled, but this cpu device has no fp16 "
+                                          r"training.*zero2.json \(bf16\) or ds_configs/cpu.json \(fp32\)"):
+        load_ds_config(REPO / "ds_configs" / "fp16.json", run(), 1, "cpu", bf16_ok=True, fp16_ok=False)
+    with pytest.raises(ConfigError, match="bf16 is enabled, but this cuda device has no bf16"):
+        load_ds_config(REPO / "ds_configs" / "zero2.json", run(), 1, "cuda", bf16_ok=False)
+
+
+def test_zero_stage_0_is_refused():
+    with pytest.raises(ConfigError, match="zero_optimization.stage=0; the training loop needs ZeRO"):
+        fill_ds_config({}, run(), world_size=2)
 
 
 def test_contradictions_name_both_values():
     r = run("train.batch_size=64", "data.batch_size=8")
     with pytest.raises(ConfigError, match=r"train_batch_size=128 contradicts the run config "
                                           r"\(train.batch_size=64\)"):
-        fill_ds_config({"train_batch_size": 128}, r, world_size=8)
+        fill_ds_config({"train_batch_size": 128, **Z2}, r, world_size=8)
     with pytest.raises(ConfigError, match=r"lr=0.001 contradicts the run config \(train.lr=0.0001\)"):
-        fill_ds_config({"optimizer": {"type": "AdamW", "params": {"lr": 1e-3}}}, run("train.lr=1e-4"), 2)
+        fill_ds_config({"optimizer": {"type": "AdamW", "params": {"lr": 1e-3}}, **Z2}, run("train.lr=1e-4"),
+                       2)
     with pytest.raises(ConfigError, match="gradient_accumulation_steps=4"):
-        fill_ds_config({"gradient_accumulation_steps": 4}, r, world_size=8)
+        fill_ds_config({"gradient_accumulation_steps": 4, **Z2}, r, world_size=8)
     with pytest.raises(ConfigError, match="not a multiple of data.batch_size=8 x world size 3"):
-        fill_ds_config({}, r, world_size=3)
+        fill_ds_config(dict(Z2), r, world_size=3)
     # agreeing explicit values are fine; a DeepSpeed scheduler gets the run's numbers
-    ds = fill_ds_config({"train_batch_size": 64, "scheduler": {"type": "WarmupCosineLR", "params": {}}},
+    ds = fill_ds_config({"train_batch_size": 64, "scheduler": {"type": "WarmupCosineLR", "params": {}}, **Z2},
                         run("train.batch_size=64", "train.warmup_steps=7", "train.steps=99"), world_size=8)
     assert ds["scheduler"]["params"] == {"warmup_num_steps": 7, "total_num_steps": 99}
 

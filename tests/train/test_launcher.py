@@ -1,12 +1,14 @@
-"""The real launcher path: torchrun, 2 processes (gloo, DeepSpeed's CPU accelerator), S3 checkpoints.
+"""The real launcher path: torchrun, 2 processes (gloo, DeepSpeed's CPU accelerator), S3 checkpoints,
+the shipped DeepSpeed configs as they are (bf16: the CPU accelerator has it).
 
 Three torchrun jobs share the work (each process start costs ~10 s):
   A: two "nodes" on 127.0.0.1 (two torchrun --nnodes 2 --node_rank i, one rank each, separate output
-     folders, one rendezvous), ZeRO-2, 10 steps: per-node uploads, rank 0 commits; A's losses are the
-     uninterrupted reference.
+     folders, one rendezvous), ds_configs/zero2.json (ZeRO-2, bf16), 10 steps: per-node uploads, rank 0
+     commits; A's losses are the uninterrupted reference.
   B: the same run on one node (--nproc_per_node 2), SIGKILLed after a checkpoint is committed;
      then resumed from S3 into a fresh folder: the later losses equal A's to 1e-6.
-  C: ZeRO-3, 2 processes, committed checkpoint with both ranks' model shards.
+  C: ds_configs/zero3.json (ZeRO-3, bf16 "auto"), 2 processes, committed checkpoint with both ranks'
+     model shards.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def torchrun(config, out_dir, overrides, ds="cpu.json", nproc=2, nnodes=1, node_rank=0, port=None,
+def torchrun(config, out_dir, overrides, ds="zero2.json", nproc=2, nnodes=1, node_rank=0, port=None,
              log=None) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items()
            if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
@@ -102,7 +104,8 @@ def test_two_nodes_upload_their_own_ranks_and_rank0_commits(two_node_run):
     assert s3.committed_tags() == ["step_00000008", f"step_{STEPS:08d}"]  # keep_last=2
     files = {e["path"] for e in s3.committed_manifest(f"step_{STEPS:08d}")["files"]}
     assert {"rank_00000.pt", "rank_00001.pt", "mp_rank_00_model_states.pt", "run_config.yaml",
-            "zero_pp_rank_0_mp_rank_00_optim_states.pt", "zero_pp_rank_1_mp_rank_00_optim_states.pt",
+            "bf16_zero_pp_rank_0_mp_rank_00_optim_states.pt",
+            "bf16_zero_pp_rank_1_mp_rank_00_optim_states.pt",
             "tokenizer/vocab.txt"} <= files
     # each node's disk holds only its own ranks' files: the upload really came from two places
     local1 = {p.name for p in (node1 / "checkpoints" / f"step_{STEPS:08d}").iterdir()}
@@ -153,3 +156,4 @@ def test_zero3_two_processes_commit_sharded_checkpoints(train_assets, s3_server,
     assert {"zero_pp_rank_0_mp_rank_00_model_states.pt", "zero_pp_rank_1_mp_rank_00_model_states.pt"} <= files
     got = losses(tmp_path / "z3")
     assert sorted(got) == [1, 2, 3, 4] and all(v == v for v in got.values())
+    assert "bf16, ZeRO stage 3" in log.read_text()

@@ -1,4 +1,6 @@
-"""The loop with a real DeepSpeed engine (one CPU process) and a toy model: non-finite losses."""
+"""The loop with a real DeepSpeed engine (one CPU process) and a toy model: non-finite losses are
+skipped through DeepSpeed's own overflow check (no host read per micro-batch), counted, and stop
+the run after too many in a row; metrics stay on the device until read."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ from torch import nn
 
 from mixvlp_ds.train.config import TrainConfig
 from mixvlp_ds.train.loop import LoopState, NonFiniteLossError, train
+from mixvlp_ds.train.metrics import StepMeter
 
 
 class Toy(nn.Module):
@@ -52,12 +55,16 @@ def engine(tmp_path_factory):
 
 def test_nonfinite_micro_batch_is_skipped_and_counted(engine):
     logged = []
+    meter = StepMeter(engine.device, num_patches=0)
     before = [p.detach().clone() for p in engine.module.parameters()]
-    state = train(engine, list(batches([0, 7, 0, 7, 7, 0])), LoopState(), total_steps=3,
-                  max_nonfinite_in_row=3, num_patches=0,
-                  on_step=lambda s, v: logged.append((s.step, v[0].item())), on_batch=lambda b: None)
+    state = train(engine, list(batches([0, 7, 0, 7, 7, 0])), LoopState(), meter, total_steps=3,
+                  max_nonfinite_in_row=3, on_step=lambda s: logged.append((s.step, meter.read())))
     assert state.step == 3 and state.skipped_nonfinite == 3 and state.micro_batches == 6
-    assert [s for s, _ in logged] == [1, 2, 3] and all(torch.isfinite(torch.tensor(v)) for _, v in logged)
+    assert state.skipped_overflow == 0
+    assert [s for s, _ in logged] == [1, 2, 3]
+    # each record holds its applied step only: one micro-batch, 2 rows, a finite loss
+    assert all(r["steps"] == 1 and r["samples"] == 2 and r["nonfinite_micro_batches"] == 0
+               and torch.isfinite(torch.tensor(r["loss"])) and r["loss"] > 0 for _, r in logged)
     after = list(engine.module.parameters())
     assert all(torch.isfinite(p).all() for p in after)
     assert any(not torch.equal(a, b) for a, b in zip(after, before, strict=True))
@@ -65,5 +72,5 @@ def test_nonfinite_micro_batch_is_skipped_and_counted(engine):
 
 def test_many_nonfinite_in_row_stop_the_run(engine):
     with pytest.raises(NonFiniteLossError, match="3 non-finite losses in a row at step 1"):
-        train(engine, list(batches([0, 7, 7, 7, 0])), LoopState(), total_steps=10, max_nonfinite_in_row=3,
-              num_patches=0, on_step=lambda s, v: None, on_batch=lambda b: None)
+        train(engine, list(batches([0, 7, 7, 7, 0])), LoopState(), StepMeter(engine.device, 0),
+              total_steps=10, max_nonfinite_in_row=3, on_step=lambda s: None)
