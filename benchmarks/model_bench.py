@@ -20,26 +20,33 @@ from pathlib import Path
 
 import torch
 
-from mixvlp_ds.model import MixVLP, ModelConfig, flops_per_sample, mfu
+from mixvlp_ds.data.batch import model_inputs
+from mixvlp_ds.data.patch_masking import draw_patch_masks
+from mixvlp_ds.model import MixVLP, ModelConfig, flops_per_sample, mask_tokens, mfu
 
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
 
 
 def synthetic_batch(cfg: ModelConfig, b: int, device: torch.device, seed: int = 0) -> dict:
+    """Full tuples: 150-token reports masked by the data pipeline's rule, patch masks as it draws them."""
     g = torch.Generator().manual_seed(seed)
     s, length = cfg.image_size, cfg.max_text_len
     ids = torch.randint(5, cfg.vocab_size, (b, length), generator=g)
-    labels = torch.full_like(ids, -100)
-    chosen = torch.rand(b, length, generator=g) < cfg.text_mask_ratio
-    labels[chosen] = ids[chosen]
+    ids[:, 0], ids[:, -1] = 2, 3
+    att = torch.ones(b, length, dtype=torch.long)
+    ids, labels = mask_tokens(ids, att, mask_token_id=4, vocab_size=cfg.vocab_size,
+                              special_token_ids=[0, 1, 2, 3, 4], prob=cfg.text_mask_ratio, generator=g)
+    has_image = torch.ones(b, dtype=torch.bool)
+    patch_mask, patch_source = draw_patch_masks(has_image, cfg.patches_per_level(), cfg.image_mask_ratio, g)
     batch = {
         "pyramid": [torch.randint(0, 256, (b, n, n), dtype=torch.uint8, generator=g)
                     for n in (s, s // 2, s // 4)],
-        "has_image": torch.ones(b, dtype=torch.bool), "has_text": torch.ones(b, dtype=torch.bool),
-        "input_ids": ids, "attention_mask": torch.ones(b, length, dtype=torch.long), "mlm_labels": labels,
+        "patch_mask": patch_mask, "patch_source": patch_source,
+        "has_image": has_image, "has_text": torch.ones(b, dtype=torch.bool),
+        "input_ids": ids, "attention_mask": att, "mlm_labels": labels,
         "pair": (torch.rand(b, generator=g) < 0.5).float(),
     }
-    return {k: ([t.to(device) for t in v] if k == "pyramid" else v.to(device)) for k, v in batch.items()}
+    return model_inputs(batch, device)
 
 
 def peak_flops(device: torch.device) -> float | None:
