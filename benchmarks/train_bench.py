@@ -123,6 +123,8 @@ class Clock:
 
 def project_run(args, run, info, ds_path: Path, compiled: bool) -> dict:
 
+    import tempfile
+
     from mixvlp_ds.train.ds_config import load_ds_config
     from mixvlp_ds.train.engine import build_engine
     from mixvlp_ds.train.loop import LoopState, train
@@ -131,6 +133,7 @@ def project_run(args, run, info, ds_path: Path, compiled: bool) -> dict:
 
     run = copy.deepcopy(run)
     run.train.compile = compiled
+    run.train.output_dir = tempfile.mkdtemp(prefix="train_bench-")
     ds = load_ds_config(ds_path, run, 1, info.device.type, *precision_support(info.device))
     _, model, loader = build(run, info)
     engine = build_engine(model, ds, run.train)

@@ -29,6 +29,7 @@ import argparse
 import json
 import multiprocessing as mp
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -99,6 +100,9 @@ def run_pretrain(cfg: SweepConfig, scenario: str, percent: float, seed: int, out
     if (model_dir / "config.json").is_file():
         print(f"[sweep] {scenario} P{percent:g}: pre-trained model exists, reusing {model_dir}")
         return model_dir
+    if out.exists():  # an earlier attempt stopped before exporting: this cell starts over
+        print(f"[sweep] {scenario} P{percent:g}: removing the unfinished pre-training in {out}")
+        shutil.rmtree(out)
     cmd = [sys.executable, str(REPO / "launchers" / "pretrain.py"), "--config", cfg.pretrain_config]
     if cfg.deepspeed_config:
         cmd += ["--deepspeed_config", cfg.deepspeed_config]

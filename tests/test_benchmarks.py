@@ -13,7 +13,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_gpu_suite_smoke_runs_every_step_and_merges_the_json(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
+    launcher = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")
+    env = {k: v for k, v in os.environ.items() if k not in launcher}
     env.update(GPU_SUITE_SMOKE="1", WORK=str(tmp_path / "work"), OMP_NUM_THREADS="1")
     proc = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_suite.sh"), str(tmp_path / "out")], env=env,
                           capture_output=True, text=True, timeout=600)

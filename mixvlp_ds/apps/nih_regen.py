@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shutil
 import time
 from pathlib import Path
 
@@ -166,6 +167,9 @@ def pretrain(config: Path, out: Path, shards: dict, tokenizer: str, overrides: l
     argv = ["--config", str(resolved), *overrides]
     model_dir = out / "pretrain" / "model"
     if not (model_dir / "config.json").is_file():
+        if (out / "pretrain").exists():  # an earlier attempt stopped before exporting: start over
+            print(f"[nih_regen] removing the unfinished pre-training in {out / 'pretrain'}")
+            shutil.rmtree(out / "pretrain")
         pretrain_main(argv)
     return model_dir, "python launchers/pretrain.py " + " ".join(argv)
 
@@ -241,7 +245,6 @@ def main(argv: list[str] | None = None) -> dict:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     if args.fresh and args.out.exists():
-        import shutil
         shutil.rmtree(args.out)
     args.out.mkdir(parents=True, exist_ok=True)
     run = load_run_config(args.config, args.overrides + ["tokenizer=unused"])  # sizes only

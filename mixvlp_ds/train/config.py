@@ -14,6 +14,7 @@ accumulation is derived, and a batch size that does not divide is an error namin
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -57,9 +58,26 @@ class TrainConfig:
     peak_tflops: float = 0.0             # per device, for MFU; 0 = guess from the device name
 
     def validate(self) -> None:
-        if self.lr <= 0 or self.batch_size < 1 or self.steps < 1:
-            raise ConfigError(f"train.lr ({self.lr}), train.batch_size ({self.batch_size}) and "
-                              f"train.steps ({self.steps}) must be positive")
+        # (key, value, allowed, what) for every number of the schedule and the robustness settings
+        rules = [("lr", self.lr, self.lr > 0, "> 0"), ("eps", self.eps, self.eps > 0, "> 0"),
+                 ("betas", self.betas, all(0 <= b < 1 for b in self.betas), "in [0, 1)"),
+                 ("weight_decay", self.weight_decay, self.weight_decay >= 0, ">= 0"),
+                 ("clip_grad", self.clip_grad, self.clip_grad >= 0, ">= 0 (0 = off)"),
+                 ("warmup_steps", self.warmup_steps, self.warmup_steps >= 0, ">= 0"),
+                 ("min_lr_ratio", self.min_lr_ratio, 0 <= self.min_lr_ratio <= 1, "in [0, 1]"),
+                 ("upload_timeout", self.upload_timeout, self.upload_timeout > 0, "> 0"),
+                 ("upload_backoff", self.upload_backoff, self.upload_backoff > 0, "> 0"),
+                 ("peak_tflops", self.peak_tflops, self.peak_tflops >= 0, ">= 0"),
+                 ("max_nonfinite_in_row", self.max_nonfinite_in_row, self.max_nonfinite_in_row >= 1, ">= 1")]
+        for name, value, ok, want in rules:
+            values = value if isinstance(value, tuple) else (value,)
+            if not all(math.isfinite(v) for v in values):
+                raise ConfigError(f"train.{name}={value} is not a finite number")
+            if not ok:
+                raise ConfigError(f"train.{name}={value} must be {want}")
+        if self.batch_size < 1 or self.steps < 1:
+            raise ConfigError(f"train.batch_size ({self.batch_size}) and train.steps ({self.steps}) must be "
+                              f"positive")
         if self.ckpt_every < 1 or self.keep_last < 1 or self.log_every < 1:
             raise ConfigError("train.ckpt_every, train.keep_last and train.log_every must be >= 1")
         if self.resume == "auto" and not self.ckpt_uri:

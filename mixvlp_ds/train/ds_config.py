@@ -20,6 +20,22 @@ from mixvlp_ds.config import ConfigError
 from mixvlp_ds.train.config import RunConfig
 
 AUTO = "auto"
+# DeepSpeed's top-level keys (its config reference, checked against deepspeed 0.19.8's sources). DeepSpeed
+# ignores an unknown top-level key silently (a misspelt "zero_optimisation" trains at stage 0), while
+# its sections (zero_optimization, bf16, ...) reject unknown keys themselves; so only this level is ours.
+KNOWN_KEYS = frozenset("""
+    train_batch_size train_micro_batch_size_per_gpu gradient_accumulation_steps optimizer scheduler
+    communication_data_type seq_parallel_communication_data_type prescale_gradients gradient_predivide_factor
+    gradient_allreduce_op sparse_gradients fp16 bf16 bfloat16 amp torch_autocast gradient_clipping
+    zero_optimization aio zero_allow_untested_optimizer zero_force_ds_cpu_optimizer activation_checkpointing
+    sparse_attention flops_profiler tensorboard wandb csv_monitor comet comms_logger autotuning elasticity
+    data_efficiency curriculum_learning compression_training checkpoint data_types steps_per_print
+    wall_clock_breakdown memory_breakdown dump_state pipeline progressive_layer_drop eigenvalue
+    quantize_training weight_quantization hybrid_engine compile nebula disable_allgather dataloader_drop_last
+    use_data_before_expert_parallelism vocabulary_size log_level managed_gradient_accumulation
+    expert_parallel disable_python_gc tensor_parallel timers sequence_parallel_size datastates_ckpt
+    graph_harvesting
+""".split())
 SCHEDULER_KEYS = {"WarmupLR": ("warmup_num_steps", "warmup_max_lr"),
                   "WarmupDecayLR": ("warmup_num_steps", "warmup_max_lr", "total_num_steps"),
                   "WarmupCosineLR": ("warmup_num_steps", "total_num_steps")}
@@ -84,6 +100,7 @@ def fill_ds_config(ds: dict, run: RunConfig, world_size: int, device_type: str =
     """A copy of `ds` with every shared value taken from `run`; raises ConfigError on contradictions."""
     ds = copy.deepcopy(ds)
     t = run.train
+    check_keys(ds, where)
     stage = ds.get("zero_optimization", {}).get("stage", 0)
     if stage not in (1, 2, 3):
         # the loop skips a step with non-finite gradients through the ZeRO optimizer's overflow
@@ -115,6 +132,18 @@ def fill_ds_config(ds: dict, run: RunConfig, world_size: int, device_type: str =
     if leftovers:
         raise ConfigError(f"{where}: no run-config value to fill {leftovers}; write explicit values")
     return ds
+
+
+def check_keys(ds: dict, where: str) -> None:
+    """Unknown top-level keys are errors (DeepSpeed would ignore them), with the closest known key."""
+    import difflib
+
+    for key in ds:
+        if key not in KNOWN_KEYS:
+            near = difflib.get_close_matches(key, sorted(KNOWN_KEYS), n=1)
+            hint = f" (did you mean {near[0]!r}?)" if near else ""
+            raise ConfigError(f"{where}: unknown top-level key {key!r}{hint}; DeepSpeed would ignore it "
+                              f"silently. Known keys: {', '.join(sorted(KNOWN_KEYS))}")
 
 
 def _walk(d: Any, prefix: str = ""):

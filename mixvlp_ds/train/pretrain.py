@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from mixvlp_ds.config import ConfigError
 from mixvlp_ds.train.config import RunConfig, load_run_config
 
 DS_CONFIGS = Path(__file__).resolve().parents[2] / "ds_configs"
@@ -37,7 +38,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--resume", default=None, help="auto | s3://bucket/prefix | local checkpoints dir")
     p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.lr=3e-4 data.batch_size=8")
-    return p.parse_args(argv)
+    # overrides may stand anywhere: before, between and after the options
+    return p.parse_intermixed_args(argv)
 
 
 def log0(info, msg: str) -> None:
@@ -69,6 +71,26 @@ def find_resume(run: RunConfig, info, out_dir: Path) -> Path | None:
         log0(info, f"[resume] nothing committed at {source} yet: starting from scratch")
         return None
     return Path(picked)
+
+
+def existing_run(out_dir: Path) -> str | None:
+    """What in `out_dir` says a run already trained there (None: nothing)."""
+    found = [p.name for p in (out_dir / "metrics.jsonl",) if p.is_file()]
+    found += sorted(p.name for p in (out_dir / "checkpoints").glob("step_*"))[-1:]
+    return ", ".join(found) or None
+
+
+def refuse_existing_run(out_dir: Path, resuming: bool, device: torch.device) -> None:
+    """A fresh run (no --resume) into a folder that holds a run would append to its metrics and mix
+    its checkpoints with the old ones: refuse, on every rank together (a collective)."""
+    found = None if resuming else existing_run(out_dir)
+    flag = torch.tensor([float(found is not None)], device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    if flag.item() > 0:
+        where = found or "on another node"
+        raise ConfigError(f"train.output_dir={out_dir} already holds a run ({where}); a fresh run "
+                          f"there would mix with it. Resume it (--resume {out_dir / 'checkpoints'}, or "
+                          f"--resume auto with its --ckpt-uri) or choose a new train.output_dir")
 
 
 def build(run: RunConfig, info):
@@ -131,6 +153,7 @@ def main(argv: list[str] | None = None) -> dict:
     run = load_run_config(args.config, overrides)
     info = init_distributed()
     t = run.train
+    refuse_existing_run(Path(t.output_dir), resuming=bool(t.resume), device=info.device)
     default_ds = "cpu.json" if info.device.type == "cpu" else "zero2.json"
     ds_path = args.deepspeed_config or DS_CONFIGS / default_ds
     bf16_ok, fp16_ok = precision_support(info.device)
@@ -199,8 +222,6 @@ def main(argv: list[str] | None = None) -> dict:
 def cli(argv: list[str] | None = None) -> int:
     """`launchers/pretrain.py` / `mixvlp-pretrain`: main() with a configuration error reported as one
     line (exit status 2) instead of a traceback."""
-    from mixvlp_ds.config import ConfigError
-
     try:
         main(argv)
     except ConfigError as e:

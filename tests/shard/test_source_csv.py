@@ -60,6 +60,13 @@ def listing(source):
     return list(source.items(rejects)), rejects
 
 
+def logged(source, path):
+    rejects = RejectLog(path=path)
+    items = list(source.items(rejects))
+    rejects.close()
+    return items, rejects
+
+
 def test_rows_reports_labels_and_rejects(site):
     folder, manifest = site
     items, rejects = listing(CSVManifestSource(manifest))
@@ -146,3 +153,46 @@ def test_build_and_end_to_end_shards(site, tmp_path):
     assert fields["hospital-b/s4/report"] == {"txt", "labels.json", "meta.json"}
     assert fields["hospital-b/s5/im4"] == {"img.16.png", "img.8.png", "img.4.png", "labels.json", "meta.json"}
     assert "txt" in fields["hospital-b/s1/im1"] and "img.16.png" in fields["hospital-b/s1/im1"]
+
+
+def test_paths_outside_the_manifest_folder_are_rejected_unless_allowed(tmp_path):
+    import os
+
+    site, elsewhere = tmp_path / "site", tmp_path / "elsewhere"
+    (site / "img").mkdir(parents=True)
+    elsewhere.mkdir()
+    Image.fromarray(np.full((16, 16), 90, np.uint8)).save(elsewhere / "far.png")
+    (elsewhere / "secret.txt").write_text("FINDINGS: not yours.")
+    os.symlink(elsewhere / "far.png", site / "img" / "link.png")       # a link out of the folder
+    escape = os.path.relpath(elsewhere / "secret.txt", site)           # ../elsewhere/secret.txt
+    rows = [["p1", "", "", escape, "train"],
+            ["p2", "", "", "/etc/hostname", "train"],
+            ["p3", str(elsewhere / "far.png"), "x", "", "train"],
+            ["p4", "img/link.png", "y", "", "train"]]
+    manifest = write_manifest(site, rows, header=["patient_id", "image", "report", "report_file", "split"])
+    items, rejects = logged(CSVManifestSource(manifest), tmp_path / "r1.jsonl")
+    assert items == [] and dict(rejects.counts) == {"path_outside_roots": 4}
+    lines = [json.loads(x) for x in (tmp_path / "r1.jsonl").read_text().splitlines()]
+    assert len(lines) == 4 and all("--csv-allow-root" in r["detail"] for r in lines)
+    assert f"resolves to {elsewhere / 'secret.txt'}" in lines[0]["detail"]
+    # an explicit root admits exactly that folder, and is recorded in index.json
+    items, rejects = listing(CSVManifestSource(manifest, allow_roots=[elsewhere]))
+    assert sorted(it.meta["patient_id"] for it in items) == ["p1", "p3", "p4"]
+    assert dict(rejects.counts) == {"path_outside_roots": 1}                     # /etc/hostname
+    from mixvlp_ds.shard.__main__ import main as shard_main
+
+    out = tmp_path / "out"
+    shard_main(["--source", "csv", "--csv-manifest", str(manifest), "--csv-allow-root", str(elsewhere),
+                "--out", str(out), "--image-size", "16", "--no-progress"])
+    index = json.loads((out / "index.json").read_text())
+    assert index["args"]["source_args"]["csv_allow_root"] == [str(elsewhere)]
+
+
+def test_a_row_with_extra_fields_is_rejected_as_malformed(tmp_path):
+    manifest = write_manifest(tmp_path, [["p1", "", "clear lungs", "train"],
+                                         ["p2", "", "clear lungs", "train", "surplus"]],
+                              header=["patient_id", "image", "report", "split"])
+    items, rejects = logged(CSVManifestSource(manifest), tmp_path / "r.jsonl")
+    assert [it.meta["patient_id"] for it in items] == ["p1"]
+    assert dict(rejects.counts) == {"malformed_row": 1}
+    assert "5 fields, the header has 4" in json.loads((tmp_path / "r.jsonl").read_text())["detail"]

@@ -102,3 +102,35 @@ def test_every_run_config_loads_and_matches_the_paper():
         if path.stem != "tiny_cpu":
             assert (r.train.lr, r.train.batch_size, r.model.hidden, r.model.layers) == (1e-4, 64, 768, 12)
             assert r.model.text_mask_ratio == 0.15 and r.data.max_text_len == 150
+
+
+def test_unknown_deepspeed_key_is_an_error_with_the_closest_name(tmp_path):
+    bad = json.loads((REPO / "ds_configs" / "zero2.json").read_text())
+    bad["zero_optimisation"] = bad.pop("zero_optimization")
+    (tmp_path / "bad.json").write_text(json.dumps(bad))
+    with pytest.raises(ConfigError, match=r"unknown top-level key 'zero_optimisation' \(did you mean "
+                                          r"'zero_optimization'\?\); DeepSpeed would ignore it"):
+        load_ds_config(tmp_path / "bad.json", run(), 1, "cpu", True)
+
+
+@pytest.mark.parametrize("override,message", [
+    ("train.warmup_steps=-5", r"train.warmup_steps=-5 must be >= 0"),
+    ("train.clip_grad=-1", r"train.clip_grad=-1.0 must be >= 0"),
+    ("train.lr=nan", r"train.lr=nan is not a finite number"),
+    ("train.lr=inf", r"train.lr=inf is not a finite number"),
+    ("train.weight_decay=-0.1", r"train.weight_decay=-0.1 must be >= 0"),
+    ("train.betas=[0.9,1.5]", r"train.betas=\(0.9, 1.5\) must be in \[0, 1\)"),
+    ("train.min_lr_ratio=2", r"train.min_lr_ratio=2.0 must be in \[0, 1\]"),
+])
+def test_bad_schedule_values_name_the_key(override, message):
+    with pytest.raises(ConfigError, match=message):
+        run(override)
+
+
+def test_overrides_may_stand_anywhere_on_the_command_line():
+    from mixvlp_ds.train.pretrain import parse_args
+
+    args = parse_args(["train.steps=2", "--config", "x.yaml", "data.batch_size=4", "--deepspeed_config",
+                       "ds.json", "train.lr=1e-3"])
+    assert args.config == "x.yaml" and args.deepspeed_config == "ds.json"
+    assert args.overrides == ["train.steps=2", "data.batch_size=4", "train.lr=1e-3"]

@@ -3,7 +3,7 @@
 One row per record. Columns (names are matched case-insensitively; spaces and '-' read as '_'):
 
     patient_id            required; also drives the split when `split` is absent or blank
-    image                 image file, relative to the manifest's folder (or absolute)   } at least
+    image                 image file, relative to the manifest's folder               } at least
     report                the report text itself                                         } one of
     report_file           a report text file, relative to the manifest's folder          } these
     split                 train / val / test (validate, valid, validation -> val); blank -> hash
@@ -12,10 +12,14 @@ One row per record. Columns (names are matched case-insensitively; spaces and '-
                           "pleural_effusion": 1 / 0 / -1 / blank (1.0, 0.0, -1.0 accepted)
 
 Any other column is an error naming it, unless --csv-ignore-extra-columns (then noted and ignored).
+Image and report paths must resolve (symbolic links followed) inside the manifest's folder or a root
+named with --csv-allow-root (recorded in index.json); any other path, `../../etc/hostname` or an
+absolute one, is rejected with its reason, so a manifest can never pull in files from elsewhere.
 Report text with FINDINGS / IMPRESSION headers is reduced to those sections (`extract_report`);
 text without them is kept whole, cleaned. A manifest or report file that is not UTF-8 is decoded
-as cp1252 (noted). Rows with a missing file, an unknown split, a bad label value, a duplicate key
-or nothing to write are rejected with the reason.
+as cp1252 (noted). Rows with fewer or more fields than the header, a path outside the allowed roots, a
+missing file, an unknown split, a bad label value, a duplicate key or nothing to write are rejected
+with the reason.
 """
 
 from __future__ import annotations
@@ -50,6 +54,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="ignore columns that are neither known fields nor findings (default: error)")
     g.add_argument("--csv-val-fraction", type=float, default=0.1, help="blank split: hash val share")
     g.add_argument("--csv-test-fraction", type=float, default=0.2, help="blank split: hash test share")
+    g.add_argument("--csv-allow-root", action="append", default=[], metavar="DIR",
+                   help="a folder outside the manifest's that image/report paths may point into (repeatable)")
 
 
 def build(args: argparse.Namespace) -> CSVManifestSource:
@@ -58,7 +64,7 @@ def build(args: argparse.Namespace) -> CSVManifestSource:
     return CSVManifestSource(args.csv_manifest, label_space=args.csv_label_space,
                              ignore_extra_columns=args.csv_ignore_extra_columns,
                              val_fraction=args.csv_val_fraction, test_fraction=args.csv_test_fraction,
-                             institution=args.institution)
+                             institution=args.institution, allow_roots=args.csv_allow_root)
 
 
 def column_key(name: str) -> str:
@@ -71,7 +77,7 @@ class CSVManifestSource:
 
     def __init__(self, manifest: str | Path, label_space: str = "chexpert14",
                  ignore_extra_columns: bool = False, val_fraction: float = 0.1, test_fraction: float = 0.2,
-                 institution: str | None = None):
+                 institution: str | None = None, allow_roots: list[str | Path] = ()):
         self.manifest = Path(manifest)
         if not self.manifest.is_file():
             raise InputLayoutError(f"manifest {self.manifest} does not exist")
@@ -83,6 +89,7 @@ class CSVManifestSource:
         self.val_fraction, self.test_fraction = val_fraction, test_fraction
         self.institution = institution or self.name
         self.folder = self.manifest.parent
+        self.roots = [self.folder.resolve()] + [Path(r).resolve() for r in allow_roots]
         self.expected = f"rows of {self.manifest} with an existing image file and/or non-empty report text"
 
     def read_rows(self, rejects: RejectLog) -> tuple[list[str], list[list[str]]]:
@@ -124,11 +131,26 @@ class CSVManifestSource:
                                    f"image, report, report_file; found {header}")
         return fields, labels
 
-    def report_text(self, row: dict[str, str], rejects: RejectLog, key: str) -> tuple[str | None, bool]:
-        """(cleaned report or None, ok). ok=False: the row is rejected (report file missing)."""
+    def inside_roots(self, value: str, rejects: RejectLog, key: str, where: str) -> Path | None:
+        """The file a manifest cell names, or None (rejected) when it resolves outside the roots."""
+        path = self.folder / value
+        resolved = path.resolve()
+        if not any(resolved.is_relative_to(root) for root in self.roots):
+            rejects.reject("path_outside_roots", file=where, key=key,
+                           detail=f"{value!r} resolves to {resolved}, outside {[str(r) for r in self.roots]} "
+                                  f"(allow a folder with --csv-allow-root)")
+            return None
+        return path
+
+    def report_text(self, row: dict[str, str], rejects: RejectLog, key: str,
+                    where: str) -> tuple[str | None, bool]:
+        """(cleaned report or None, ok). ok=False: the row is rejected (report file missing, or
+        outside the allowed roots)."""
         raw = row.get("report", "")
         if row.get("report_file"):
-            path = self.folder / row["report_file"]
+            path = self.inside_roots(row["report_file"], rejects, key, where)
+            if path is None:
+                return None, False
             try:
                 raw, encoding = read_report(path.read_bytes())
             except FileNotFoundError:
@@ -150,8 +172,9 @@ class CSVManifestSource:
         for line, cells in enumerate(rows, start=2):
             if not any(c.strip() for c in cells):
                 continue
-            if len(cells) < len(header):
-                rejects.reject("malformed_row", file=f"{self.manifest}:{line}", detail=str(cells))
+            if len(cells) != len(header):
+                rejects.reject("malformed_row", file=f"{self.manifest}:{line}",
+                               detail=f"{len(cells)} fields, the header has {len(header)}: {cells}")
                 continue
             row = {f: cells[i].strip() for f, i in fields.items()}
             patient = row["patient_id"]
@@ -178,11 +201,13 @@ class CSVManifestSource:
                 continue
             image_path = None
             if image:
-                image_path = self.folder / image
+                image_path = self.inside_roots(image, rejects, key, where)
+                if image_path is None:
+                    continue
                 if not image_path.is_file():
                     rejects.reject("image_missing", file=str(image_path), key=key)
                     continue
-            text, ok = self.report_text(row, rejects, key)
+            text, ok = self.report_text(row, rejects, key, where)
             if not ok:
                 continue
             if text is None and image_path is None:
