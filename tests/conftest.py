@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -32,15 +33,81 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class MotoServer:
-    """`moto_server` as a subprocess on 127.0.0.1, so tests can stop and restart it mid-upload.
+class TcpProxy:
+    """A TCP relay on 127.0.0.1 in front of a server: `cut()` drops every connection and refuses new
+    ones (a network outage), `restore()` listens again on the same port; the server keeps its state."""
 
-    State lives in the process: `stop()` then `start()` gives an empty server (tests that need
-    data to survive a restart re-create the bucket and re-upload it)."""
+    def __init__(self, target_port: int):
+        self.target, self.port = target_port, free_port()
+        self.listener: socket.socket | None = None
+        self.conns: list[socket.socket] = []
+        self.lock = threading.Lock()
+
+    def restore(self) -> None:
+        self.listener = socket.socket()
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind(("127.0.0.1", self.port))
+        self.listener.listen(64)
+        threading.Thread(target=self._accept, args=(self.listener,), daemon=True).start()
+
+    def cut(self) -> None:
+        with self.lock:
+            listener, conns, self.listener, self.conns = self.listener, self.conns, None, []
+        for sock in [listener, *conns]:
+            try:
+                if sock is not None:
+                    sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            if sock is not None:
+                sock.close()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target))
+            except OSError:
+                client.close()
+                continue
+            with self.lock:
+                if self.listener is not listener:
+                    client.close()
+                    upstream.close()
+                    return
+                self.conns += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (src, dst):
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+
+class MotoServer:
+    """`moto_server` as a subprocess on 127.0.0.1, reached through a TcpProxy.
+
+    `cut()` / `restore()` make an outage that the server's state survives (the network is down, S3
+    is not); `stop()` then `start()` restarts the server itself, which gives an empty server (tests
+    that need data to survive a restart re-create the bucket and re-upload it)."""
 
     def __init__(self, port: int | None = None):
         self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.proxy = TcpProxy(self.port)
+        self.url = f"http://127.0.0.1:{self.proxy.port}"
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 30.0) -> None:
@@ -48,6 +115,8 @@ class MotoServer:
         cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "moto.server"]
         self.proc = subprocess.Popen(cmd + ["-H", "127.0.0.1", "-p", str(self.port)],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if self.proxy.listener is None:
+            self.proxy.restore()
         deadline = time.time() + timeout
         while time.time() < deadline:
             try:
@@ -58,6 +127,12 @@ class MotoServer:
                     raise RuntimeError("moto_server exited at start") from None
                 time.sleep(0.1)
         raise RuntimeError(f"moto_server did not answer on {self.url} within {timeout}s")
+
+    def cut(self) -> None:
+        self.proxy.cut()
+
+    def restore(self) -> None:
+        self.proxy.restore()
 
     def stop(self) -> None:
         if self.proc is not None:

@@ -230,8 +230,12 @@ class PretrainLoader:
             ds = _RankDataset(self._stream, self.cfg.num_workers, self.epoch, list(self.consumed),
                               self.next_worker)
             workers = self.cfg.num_workers
+            # its own generator: DataLoader draws its workers' base seed when an iterator starts, and
+            # from torch's global RNG that draw would shift the training step's random stream
+            # (dropout) differently in a resumed run than in an uninterrupted one
+            generator = torch.Generator().manual_seed(int(seeded(self.seed, self.rank, 29).integers(2**62)))
             self._dataloader = DataLoader(ds, batch_size=None, num_workers=workers,
-                                          pin_memory=self.pin_memory,
+                                          pin_memory=self.pin_memory, generator=generator,
                                           prefetch_factor=self.cfg.prefetch_factor if workers else None,
                                           persistent_workers=workers > 0)
         return self._dataloader

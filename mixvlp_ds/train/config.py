@@ -48,9 +48,10 @@ class TrainConfig:
     keep_last: int = 3                   # checkpoints kept, locally and on S3
     ckpt_uri: str = ""                   # s3://bucket/prefix: committed copies of the checkpoints
     resume: str = ""                     # "" | auto | s3://... | a local checkpoints directory
-    upload_busy: Literal["wait", "skip"] = "wait"  # a checkpoint due while the last one uploads
+    upload_busy: Literal["wait", "skip"] = "wait"  # an intermediate checkpoint due while the last one uploads
     upload_timeout: float = 3600.0       # seconds of retrying before an upload is given up
     upload_backoff: float = 1.0          # first retry delay, doubled up to 60 s
+    preflight_timeout: float = 60.0      # seconds the start-up S3 probe may retry before the run stops
     # logging
     log_every: int = 10
     progress: bool = True                # rich live progress on rank 0 (off: plain log lines)
@@ -67,6 +68,7 @@ class TrainConfig:
                  ("min_lr_ratio", self.min_lr_ratio, 0 <= self.min_lr_ratio <= 1, "in [0, 1]"),
                  ("upload_timeout", self.upload_timeout, self.upload_timeout > 0, "> 0"),
                  ("upload_backoff", self.upload_backoff, self.upload_backoff > 0, "> 0"),
+                 ("preflight_timeout", self.preflight_timeout, self.preflight_timeout > 0, "> 0"),
                  ("peak_tflops", self.peak_tflops, self.peak_tflops >= 0, ">= 0"),
                  ("max_nonfinite_in_row", self.max_nonfinite_in_row, self.max_nonfinite_in_row >= 1, ">= 1")]
         for name, value, ok, want in rules:

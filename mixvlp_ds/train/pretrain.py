@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -48,21 +49,28 @@ def log0(info, msg: str) -> None:
 
 
 def find_resume(run: RunConfig, info, out_dir: Path) -> Path | None:
-    """Each node's local rank 0 fetches and verifies the checkpoint; all ranks must agree on it."""
-    from mixvlp_ds.train.checkpoint_store import fetch_for_resume, step_of
+    """Each node's local rank 0 fetches and verifies the checkpoint; all ranks must agree on it. A
+    failure there (nothing usable) is raised on every rank, not only on the one that saw it."""
+    from mixvlp_ds.train.checkpoint_store import NoUsableCheckpointError, fetch_for_resume, step_of
 
     source = run.train.ckpt_uri if run.train.resume == "auto" else run.train.resume
     dest = out_dir / "resume" / f"node{info.node_rank}"
     chosen = dest / "CHOSEN.json"
     if info.local_rank == 0:
         dest.mkdir(parents=True, exist_ok=True)
-        found = fetch_for_resume(source, dest,
-                                 log=lambda m: print(f"[rank {info.rank}] {m}", file=sys.stderr, flush=True))
-        if found is None and run.train.resume != "auto":
-            raise FileNotFoundError(f"--resume {source}: no committed checkpoint there")
-        chosen.write_text(json.dumps({"dir": str(found[0]) if found else None}))
+        try:
+            found = fetch_for_resume(source, dest, log=lambda m: print(f"[rank {info.rank}] {m}",
+                                                                       file=sys.stderr, flush=True))
+            if found is None and run.train.resume != "auto":
+                raise NoUsableCheckpointError(f"--resume {source}: no committed checkpoint there")
+            chosen.write_text(json.dumps({"dir": str(found[0]) if found else None}))
+        except Exception as e:  # noqa: BLE001 - handed to every rank of the node below
+            chosen.write_text(json.dumps({"error": f"{type(e).__name__}: {e}"}))
     dist.barrier()
-    picked = json.loads(chosen.read_text())["dir"]
+    picked = json.loads(chosen.read_text())
+    if "error" in picked:
+        raise NoUsableCheckpointError(f"resume from {source}: {picked['error']}")
+    picked = picked["dir"]
     steps = [None] * info.world_size
     dist.all_gather_object(steps, step_of(Path(picked).name) if picked else -1)
     if len(set(steps)) != 1:
@@ -136,7 +144,7 @@ def main(argv: list[str] | None = None) -> dict:
     import numpy as np
 
     from mixvlp_ds.model import flops_per_sample
-    from mixvlp_ds.train.checkpoint_store import CheckpointUploader
+    from mixvlp_ds.train.attempt import check_final_commit, open_uploader, watch_launcher
     from mixvlp_ds.train.ds_config import load_ds_config
     from mixvlp_ds.train.engine import build_engine, init_distributed, peak_flops
     from mixvlp_ds.train.loop import LoopState, train
@@ -151,7 +159,10 @@ def main(argv: list[str] | None = None) -> dict:
     if args.resume is not None:
         overrides.append(f"train.resume={args.resume}")
     run = load_run_config(args.config, overrides)
+    launched = "RANK" in os.environ  # set by torchrun / deepspeed, not by init_distributed (yet)
     info = init_distributed()
+    if launched:
+        watch_launcher(lambda m: print(f"[rank {info.rank}] {m}", file=sys.stderr, flush=True))
     t = run.train
     refuse_existing_run(Path(t.output_dir), resuming=bool(t.resume), device=info.device)
     default_ds = "cpu.json" if info.device.type == "cpu" else "zero2.json"
@@ -167,16 +178,13 @@ def main(argv: list[str] | None = None) -> dict:
     torch.manual_seed(t.seed * 1000 + info.rank)  # dropout differs per rank from here on
     np.random.seed((t.seed * 1000 + info.rank) % 2**32)
     state = LoopState()
+    # S3 first: fail fast when the prefix is unusable, and take it from any older attempt before resuming
+    uploader = open_uploader(run, info, root, lambda m: log0(info, m)) if t.ckpt_uri else None
     if t.resume:
         tag_dir = find_resume(run, info, out_dir)
         if tag_dir is not None:
             state = restore_training_state(engine, tag_dir, loader, info)
             log0(info, f"[resume] continuing from {tag_dir} at step {state.step}")
-    uploader = None
-    if t.ckpt_uri:
-        uploader = CheckpointUploader(root, t.ckpt_uri, info.rank, info.world_size, t.keep_last,
-                                      backoff=t.upload_backoff, upload_timeout=t.upload_timeout,
-                                      log=lambda m: print(m, file=sys.stderr, flush=True))
     precision = "bf16" if ds_config["bf16"]["enabled"] else "fp16" if ds_config["fp16"]["enabled"] else "fp32"
     meter = StepMeter(info.device, run.model.num_patches)
     sink = None
@@ -214,6 +222,7 @@ def main(argv: list[str] | None = None) -> dict:
         if uploader is not None and uploader.busy():
             log0(info, f"[checkpoint] waiting for the upload of {uploader.pending_tag} to finish")
             uploader.wait()
+    check_final_commit(uploader, state.step, root, info.device)
     return {"step": state.step, "skipped_nonfinite": state.skipped_nonfinite, "output_dir": str(out_dir),
             "upload_errors": list(uploader.errors) if uploader else [],
             "committed": list(uploader.committed) if uploader else []}
@@ -222,11 +231,18 @@ def main(argv: list[str] | None = None) -> dict:
 def cli(argv: list[str] | None = None) -> int:
     """`launchers/pretrain.py` / `mixvlp-pretrain`: main() with a configuration error reported as one
     line (exit status 2) instead of a traceback."""
+    from mixvlp_ds.train.attempt import NotCommittedError
+    from mixvlp_ds.train.checkpoint_store import NoUsableCheckpointError
+    from mixvlp_ds.train.s3sync import FencedError, PreflightError
+
     try:
         main(argv)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return 2
+    except (NotCommittedError, NoUsableCheckpointError, FencedError, PreflightError) as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return 3
     if dist.is_initialized():
         # tear the process group down before the interpreter does: left to exit, gloo's threads
         # were seen to abort a finished rank ("terminate called without an active exception")

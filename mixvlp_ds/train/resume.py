@@ -19,6 +19,7 @@ import torch.distributed as dist
 import yaml
 
 from mixvlp_ds.config import to_dict
+from mixvlp_ds.train.attempt import check_fenced
 from mixvlp_ds.train.checkpoint_store import CheckpointUploader, commit_local, prune_local, step_of, tag_for
 from mixvlp_ds.train.engine import DistInfo
 from mixvlp_ds.train.loop import LoopState
@@ -52,9 +53,11 @@ def save_training_state(engine, root: Path, step: int, run, ds_config: dict, tok
     tag = tag_for(step)
     upload = uploader is not None
     if uploader is not None:
-        # bounded uploads, decided together so that all ranks wait, or all skip
+        check_fenced(uploader, info.device)  # a newer attempt owns the prefix: stop here, on every rank
+        # bounded uploads, decided together so that all ranks wait, or all skip; the final one is
+        # always uploaded (its commit decides the run's exit status)
         busy = _all_reduce(float(uploader.busy()), dist.ReduceOp.MAX, info.device) > 0
-        if busy and run.train.upload_busy == "skip":
+        if busy and run.train.upload_busy == "skip" and step < run.train.steps:
             upload = False
             if info.is_main:
                 log(f"WARNING: checkpoint {uploader.pending_tag} is still uploading; {tag} is saved locally "

@@ -1,0 +1,120 @@
+"""One attempt of a run: its id, its hold on the S3 prefix, its tie to the launcher, and how it ends.
+
+A run may take several attempts (crash, SIGKILL, preemption, `--resume auto`). Exactly one of them
+writes to the checkpoint prefix at a time:
+  - every attempt has an id (rank 0 draws it, all ranks share it); every manifest a rank uploads
+    carries it, and a commit counts only manifests of its own attempt, so a manifest left by a
+    killed attempt never completes a newer attempt's checkpoint;
+  - at start the attempt checks that it may use the prefix at all (a probe object written, read and
+    deleted on every rank: a misspelt bucket or denied access fails the run here, not an hour later),
+    then takes the lease (`_lease.json`); an older attempt still running finds the lease taken at
+    its next upload and is fenced off: it uploads and commits nothing more, and stops training;
+  - a rank started by a launcher (torchrun, deepspeed) exits when that launcher dies, so killing a
+    launcher never leaves its ranks training on;
+  - the run succeeds only when its final checkpoint is committed: otherwise it stops with
+    NotCommittedError (exit status 3), saying what is where.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import threading
+import time
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from mixvlp_ds.storage import s3_client
+from mixvlp_ds.train.checkpoint_store import CheckpointUploader, tag_for
+from mixvlp_ds.train.s3sync import FencedError, PreflightError, S3Checkpoints
+
+
+class NotCommittedError(RuntimeError):
+    """The run trained to its end, but its final checkpoint is not committed to S3."""
+
+
+def new_attempt_id(device: torch.device) -> str:
+    """A fresh id drawn on rank 0, the same on every rank (a collective)."""
+    mine = f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
+    box = [mine if dist.get_rank() == 0 else None]
+    dist.broadcast_object_list(box, src=0, device=device if device.type == "cuda" else None)
+    return box[0]
+
+
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """True on every rank when `flag` is true on some rank (a collective)."""
+    t = torch.tensor([float(flag)], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item() > 0)
+
+
+def watch_launcher(log, interval: float = 1.0) -> None:
+    """Exit this rank at once when the launcher that started it dies (its parent changes): a
+    killed torchrun must not leave ranks training and uploading on their own."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(interval)
+            if os.getppid() != parent:
+                log(f"[attempt] the launcher (pid {parent}) is gone: this rank exits")
+                sys.stderr.flush()
+                os._exit(143)
+
+    threading.Thread(target=watch, name="launcher-watchdog", daemon=True).start()
+
+
+def open_uploader(run, info, root: Path, log) -> CheckpointUploader:
+    """This attempt's uploader for train.ckpt_uri: id shared, preflight passed on every rank, lease
+    taken (collective). Raises PreflightError naming the URI and the rank."""
+    t = run.train
+    attempt = new_attempt_id(info.device)
+    uploader = CheckpointUploader(root, t.ckpt_uri, info.rank, info.world_size, t.keep_last,
+                                  backoff=t.upload_backoff, upload_timeout=t.upload_timeout,
+                                  log=lambda m: print(m, file=sys.stderr, flush=True), attempt=attempt)
+    error = None
+    try:
+        uploader.preflight(t.preflight_timeout)
+    except PreflightError as e:
+        error = e
+    if any_rank(error is not None, info.device):
+        raise error or PreflightError(f"S3 preflight for {t.ckpt_uri} failed on another rank (see its log)")
+    if info.is_main:
+        lease = {"attempt": attempt, "started": f"{datetime.now(timezone.utc)}", "host": socket.gethostname(),
+                 "pid": os.getpid(), "world_size": info.world_size}
+        S3Checkpoints(uploader.uri).write_lease(lease)
+        log(f"[attempt] {attempt} holds {t.ckpt_uri}")
+    dist.barrier()
+    return uploader
+
+
+def check_fenced(uploader: CheckpointUploader | None, device: torch.device) -> None:
+    """At a checkpoint (a collective): stop every rank when some rank's uploads were fenced off."""
+    if uploader is not None and any_rank(uploader.fenced is not None, device):
+        raise FencedError(uploader.fenced or "a newer attempt of this run took the checkpoint prefix over "
+                                             "(another rank saw its lease); this attempt stops")
+
+
+def check_final_commit(uploader: CheckpointUploader | None, step: int, root: Path,
+                       device: torch.device) -> None:
+    """After the last upload finished (a collective): the final checkpoint is committed on S3, or
+    NotCommittedError says where everything is."""
+    if uploader is None:
+        return
+    tag = tag_for(step)
+    if not any_rank(tag not in uploader.committed, device):
+        return
+    try:  # one quick look (S3 is likely down right now): few retries
+        latest = S3Checkpoints(uploader.uri, client=s3_client(max_attempts=2, connect_timeout=2)).latest()
+    except Exception as e:  # noqa: BLE001 - the summary says what could not be read
+        latest = f"unknown ({type(e).__name__})"
+    last = uploader.errors[-1] if uploader.errors else "another rank's upload failed (see its log)"
+    raise NotCommittedError(
+        f"the final checkpoint {tag} is saved locally in {root / tag} but NOT committed to {uploader.uri}: "
+        f"{last}. Committed there: latest = {latest}. Resume from the local copy (--resume {root}) or, "
+        f"once S3 works, rerun with --resume auto")
