@@ -32,6 +32,8 @@ CASES = {
 
 
 def fixed_batch(cfg: ModelConfig, has_image, has_text, pair, seed: int = 0, text_len: int = 14) -> dict:
+    """Built here on purpose rather than by conftest's make_batch: the pinned batches must not move
+    when the shared test helpers do."""
     g = torch.Generator().manual_seed(seed)
     b, s = len(has_image), cfg.image_size
     has_image, has_text = torch.tensor(has_image, dtype=torch.bool), torch.tensor(has_text, dtype=torch.bool)

@@ -36,25 +36,15 @@ CURVE_STEP_TOL, CURVE_TAIL_TOL = 0.01, 0.005
 
 
 @pytest.fixture(scope="module")
-def labelled(tmp_path_factory) -> dict:
-    """A labelled synthetic institution (train/test splits, 32 px), its tokenizer, a run YAML."""
-    from mixvlp_ds.data.reader import iter_samples
-    from mixvlp_ds.shard.pipeline import ShardOptions, write_dataset
-    from mixvlp_ds.shard.sources.synthetic import SyntheticSource
-    from mixvlp_ds.text.tokenizer import train_tokenizer
-
+def labelled(apps_assets, tmp_path_factory) -> dict:
+    """The labelled synthetic institution of tests/conftest.py and a run YAML on it (baseline)."""
     root = tmp_path_factory.mktemp("bf16")
-    shards = root / "openi-like"
-    write_dataset(SyntheticSource("openi-like", num=80, seed=1, splits=(0.6, 0.0, 0.4)), shards,
-                  ShardOptions(image_size=32, shard_max_samples=20))
-    train_tokenizer([s["text"] for s in iter_samples(str(shards), "train") if s["text"]], root / "tok",
-                    vocab_size=300, min_frequency=1)
     cfg = yaml.safe_load((REPO / "configs" / "tiny_cpu.yaml").read_text())
-    cfg["tokenizer"] = str(root / "tok")
+    cfg["tokenizer"] = apps_assets["tokenizer"]
     cfg["data"].update(scenario="baseline", paired_percent=100,
-                       sources=[{"name": "openi-like", "uri": str(shards), "role": "paired"}])
+                       sources=[{"name": "openi-like", "uri": apps_assets["shards"], "role": "paired"}])
     (root / "run.yaml").write_text(yaml.safe_dump(cfg))
-    return {"root": root, "shards": str(shards), "config": root / "run.yaml"}
+    return {"root": root, "shards": apps_assets["shards"], "config": root / "run.yaml"}
 
 
 def env() -> dict:
