@@ -108,8 +108,8 @@ def test_losing_s3_before_the_final_checkpoint_exits_non_zero_with_a_summary(tra
     s3_server.client().create_bucket(Bucket="lost")
     log = tmp_path / "lost.log"
     proc = torchrun(train_assets["config"], tmp_path / "lost",
-                    [*COMMON, "train.ckpt_uri=s3://lost/r", "train.steps=60", "train.ckpt_every=1000",
-                     "train.upload_timeout=3", "train.upload_busy=skip"], nproc=1, log=log)
+                    [*COMMON, "train.ckpt_uri=s3://lost/r", "train.steps=60", "train.ckpt_every=20",
+                     "train.upload_timeout=8", "train.upload_busy=skip"], nproc=1, log=log)
     try:
         assert wait_for(lambda: "step 3/60" in log.read_text(), 240, proc), log.read_text()[-3000:]
         s3_server.cut()                                    # S3 goes away; only the final checkpoint is due
@@ -117,6 +117,9 @@ def test_losing_s3_before_the_final_checkpoint_exits_non_zero_with_a_summary(tra
     finally:
         s3_server.restore()
     assert code != 0, text[-3000:]
+    # intermediate checkpoints may be skipped while S3 is down (upload_busy=skip), the final one never
+    assert "step_00000040 is saved locally but NOT uploaded (train.upload_busy=skip)" in text
+    assert "step_00000060 NOT committed" in text
     assert "error: the final checkpoint step_00000060 is saved locally in" in text
     assert "NOT committed to s3://lost/r" in text and "latest = " in text
     assert (tmp_path / "lost" / "checkpoints" / "step_00000060" / "COMMITTED").is_file()
