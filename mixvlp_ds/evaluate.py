@@ -27,7 +27,15 @@ from mixvlp_ds.apps.classification import (
     feature_dim,
     pooled_features,
 )
-from mixvlp_ds.apps.finetune import HEAD_INFO, FinetuneConfig, Rows, load_split_samples, make_pool, usable
+from mixvlp_ds.apps.finetune import (
+    HEAD_INFO,
+    FinetuneConfig,
+    Rows,
+    check_same_label_space,
+    load_split_samples,
+    make_pool,
+    usable,
+)
 from mixvlp_ds.apps.hashing import HashHead
 from mixvlp_ds.apps.loop import predict
 from mixvlp_ds.apps.retrieval import KS, evaluate_codes
@@ -48,6 +56,7 @@ def _load(model_dir: Path):
 def _load_with_rows(model_dir: Path, shards: str, split: str, max_samples: int):
     """The fine-tuned model, its head info, its pooling and the evaluation rows of `split`."""
     model, tok, info = _load(model_dir)
+    check_same_label_space(info["label_space"], shards, f"the head in {model_dir}")
     pool = make_pool(model, info["side"], info.get("pool", "mean"), info.get("pool_level", 1))
     cfg = FinetuneConfig(shards=shards, label_space=info["label_space"], max_eval_samples=max_samples)
     ev = Rows(usable(load_split_samples(cfg, split, False), model.cfg.fusion, info["side"]), tok,
@@ -65,10 +74,10 @@ def _head_outputs(head: torch.nn.Module, weights: Path, model, info: dict, pool,
 
 
 def eval_cls(model_dir: Path, shards: str, split: str, batch_size: int = 32, max_samples: int = 0) -> dict:
-    from mixvlp_ds.shard.format import LABEL_SPACES
+    from mixvlp_ds.shard.format import label_names
 
     model, info, pool, ev = _load_with_rows(model_dir, shards, split, max_samples)
-    names = LABEL_SPACES[info["label_space"]]
+    names = label_names(info["label_space"])
     probe = LinearProbe(feature_dim(model, info["side"], pool), len(names), pool)
     scores = _head_outputs(probe, model_dir / "probe.pt", model, info, pool, ev, batch_size)
     y = apply_label_policy(ev.labels, info["uncertain"])

@@ -275,15 +275,28 @@ def _train_eval_query(cfg, model, init_dir, tr: Rows, ev: Rows, query: str, out:
     return res
 
 
+def check_same_label_space(space: str, shards: str, what: str) -> None:
+    """A head trained in one label space scored on shards labelled in another is an error (the
+    findings would be matched by name and the rest silently count as unlabelled)."""
+    from mixvlp_ds.data.reader import read_index
+
+    theirs = read_index(shards).get("label_space", "none")
+    if theirs != space:
+        raise ConfigError(f"{what} uses label space {space!r}, but the evaluation shards {shards} are "
+                          f"labelled in {theirs!r}: fine-tune and evaluate in one label space")
+
+
 def run(cfg: FinetuneConfig) -> dict:
     from mixvlp_ds.data.reader import read_index
-    from mixvlp_ds.shard.format import LABEL_SPACES
+    from mixvlp_ds.shard.format import label_names
 
     cfg.validate()
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     space = cfg.label_space or read_index(cfg.shards).get("label_space", "none")
-    names = LABEL_SPACES[space]
+    if cfg.eval_shards:
+        check_same_label_space(space, cfg.eval_shards, f"fine-tuning on {cfg.shards}")
+    names = label_names(space)
     if not names:
         raise ValueError(f"{cfg.shards}: label space {space!r} has no findings to fine-tune on")
     with tempfile.TemporaryDirectory(prefix="mixvlp-init-") as cache:

@@ -49,7 +49,7 @@ def labelled_rows(uri: str, split: str, side: str = "img", label_space: str | No
     """Every labelled row of a split that carries `side` ("img" | "txt"): {"labels": (N, K) float,
     "patients": [N], "names": findings} plus "pyramid" [3 x (N, s, s) uint8] or "texts" [N]."""
     from mixvlp_ds.data.reader import iter_samples, read_index
-    from mixvlp_ds.shard.format import LABEL_SPACES
+    from mixvlp_ds.shard.format import label_names
 
     space = label_space or read_index(uri).get("label_space", "none")
     member = "pyramid" if side == "img" else "text"
@@ -57,7 +57,7 @@ def labelled_rows(uri: str, split: str, side: str = "img", label_space: str | No
     if not rows:
         raise ValueError(f"{uri}: split {split!r} has no {'images' if side == 'img' else 'reports'}")
     out = {"labels": np.stack([np.asarray(r["labels"], np.float32) for r in rows]),
-           "patients": [str(r["patient_id"]) for r in rows], "names": list(LABEL_SPACES[space])}
+           "patients": [str(r["patient_id"]) for r in rows], "names": list(label_names(space))}
     if side == "img":
         out["pyramid"] = [np.stack([r["pyramid"][lv] for r in rows]) for lv in range(len(rows[0]["pyramid"]))]
     else:

@@ -9,7 +9,7 @@ import torch
 
 from mixvlp_ds.data.batch import Batch
 from mixvlp_ds.data.patch_masking import PatchMasking, draw_patch_masks
-from mixvlp_ds.shard.format import LABEL_SPACES, level_sizes
+from mixvlp_ds.shard.format import label_names, level_sizes
 from mixvlp_ds.text.masking import mask_tokens, tokenizer_mask_args
 from mixvlp_ds.text.tokenizer import MAX_LENGTH
 
@@ -52,7 +52,7 @@ def collate(samples: list[dict], tokenizer, mask_text: bool = False, label_space
         rows = has_text[:, None]
         input_ids = torch.where(rows, masked, input_ids)
         mlm_labels = torch.where(rows, labels, mlm_labels)
-    k = len(LABEL_SPACES[label_space])
+    k = len(label_names(label_space))
     labels = torch.from_numpy(np.stack([np.asarray(s["labels"], dtype=np.float32).reshape(k)
                                         for s in samples])) if k else torch.zeros(b, 0)
     pair = torch.tensor([float(s.get("pair", 1.0)) if (has_image[i] and has_text[i]) else 0.0
@@ -82,7 +82,7 @@ def collate(samples: list[dict], tokenizer, mask_text: bool = False, label_space
 def padding_row(label_space: str) -> dict:
     """A row with neither image nor text: it fills a short last batch and carries no loss."""
     return {"pyramid": None, "text": None, "pair": 0.0, "key": "", "text_key": "", "institution": "",
-            "patient_id": "", "labels": np.full(len(LABEL_SPACES[label_space]), np.nan, dtype=np.float32)}
+            "patient_id": "", "labels": np.full(len(label_names(label_space)), np.nan, dtype=np.float32)}
 
 
 def tokenize(tokenizer, texts: list[str], max_len: int = MAX_LENGTH,

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from mixvlp_ds.config import ConfigError
-from mixvlp_ds.shard.format import LABEL_SPACES
+from mixvlp_ds.shard.format import LABEL_SPACES, is_label_space
 
 Role = Literal["paired", "image_only", "text_only"]
 Rest = Literal["drop", "repair", "split"]
@@ -115,8 +115,9 @@ class DataConfig:
                               "data.prefetch_factor >= 1")
         if not 2 <= self.max_text_len <= 150:
             raise ConfigError(f"data.max_text_len must lie in [2, 150], got {self.max_text_len}")
-        if self.label_space not in LABEL_SPACES:
-            raise ConfigError(f"data.label_space {self.label_space!r} unknown; known {sorted(LABEL_SPACES)}")
+        if not is_label_space(self.label_space):
+            raise ConfigError(f"data.label_space {self.label_space!r} unknown; known {sorted(LABEL_SPACES)} "
+                              f"or 'custom:name,name,...'")
         if self.image_size % 4:
             raise ConfigError(f"data.image_size {self.image_size} must be divisible by 4")
         resolve_sources(self)  # raises ConfigError when the scenario does not fit the sources

@@ -23,7 +23,7 @@ from PIL import Image
 
 from mixvlp_ds.data.faults import FaultCounter
 from mixvlp_ds.data.s3 import open_s3, read_s3_bytes
-from mixvlp_ds.shard.format import LABEL_SPACES, image_field, level_sizes
+from mixvlp_ds.shard.format import image_field, label_names, level_sizes
 from mixvlp_ds.shard.images import decode_gray8_png
 from mixvlp_ds.storage import is_s3
 
@@ -221,7 +221,7 @@ def decode_labels(rec: Record, space: str) -> np.ndarray:
     """labels.json -> float32 (K,) in `space`: 1/0/-1, NaN for null or not in the record's space.
 
     Findings of another space are matched by name (e.g. CheXpert's 'Atelectasis' in CXR14)."""
-    names = LABEL_SPACES[space]
+    names = label_names(space)
     out = np.full(len(names), np.nan, dtype=np.float32)
     try:
         obj = json.loads(rec.fields["labels.json"])

@@ -37,6 +37,37 @@ CXR14 = (
     "Pneumothorax", "Consolidation", "Edema", "Emphysema", "Fibrosis", "Pleural_Thickening", "Hernia",
 )
 LABEL_SPACES: dict[str, tuple[str, ...]] = {"chexpert14": CHEXPERT14, "cxr14": CXR14, "none": ()}
+# An institution's own label space travels as its name: "custom:covid,pneumonia,no_finding" (the
+# finding names in order). It is written into every labels.json and index.json, so each later stage
+# knows the findings from the shards alone.
+CUSTOM_PREFIX = "custom:"
+
+
+def custom_label_space(names) -> str:
+    """The label space of an institution's own findings, e.g. custom_label_space(["covid", "pneumonia"])."""
+    names = [str(n).strip() for n in names]
+    bad = [n for n in names if not n or "," in n]
+    if not names or bad or len(set(names)) != len(names):
+        raise ValueError(f"custom labels {names}: need one or more distinct, non-empty names without ','")
+    return CUSTOM_PREFIX + ",".join(names)
+
+
+def label_names(space: str) -> tuple[str, ...]:
+    """The findings of a label space, in order: a built-in one (LABEL_SPACES) or a custom one."""
+    if space in LABEL_SPACES:
+        return LABEL_SPACES[space]
+    if space.startswith(CUSTOM_PREFIX) and space != CUSTOM_PREFIX:
+        return tuple(space[len(CUSTOM_PREFIX):].split(","))
+    raise ValueError(f"unknown label space {space!r}; known: {sorted(LABEL_SPACES)} or "
+                     f"'{CUSTOM_PREFIX}name,name,...' (an institution's own findings)")
+
+
+def is_label_space(space: str) -> bool:
+    try:
+        label_names(space)
+    except ValueError:
+        return False
+    return True
 
 META_FIELDS = (
     "institution", "patient_id", "study_id", "view", "split",
@@ -67,9 +98,7 @@ def make_key(*parts: str) -> str:
 
 def label_values(space: str, values: dict[str, int | None]) -> dict[str, int | None]:
     """Check a label dict against its space; unknown names or values are a ValueError."""
-    names = LABEL_SPACES.get(space)
-    if names is None:
-        raise ValueError(f"unknown label space {space!r}; known: {sorted(LABEL_SPACES)}")
+    names = label_names(space)
     unknown = set(values) - set(names)
     if unknown:
         raise ValueError(f"labels {sorted(unknown)} are not in label space {space!r}")

@@ -26,10 +26,11 @@ from pathlib import Path
 
 from mixvlp_ds.shard.format import (
     DEFAULT_IMAGE_SIZE,
-    LABEL_SPACES,
     META_FIELDS,
     SPLITS,
     image_field,
+    is_label_space,
+    label_names,
     label_values,
     level_sizes,
 )
@@ -233,7 +234,7 @@ def write_dataset(source, out_dir: str | Path, opts: ShardOptions | None = None)
     "notes"}. Raises NothingWrittenError when no sample was written (no index.json then)."""
     opts = opts or ShardOptions()
     opts.validate()
-    if source.label_space not in LABEL_SPACES:
+    if not is_label_space(source.label_space):
         raise ValueError(f"source {source.name!r} has unknown label space {source.label_space!r}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -292,7 +293,7 @@ def write_dataset(source, out_dir: str | Path, opts: ShardOptions | None = None)
             + f". Details in {out_dir / REJECTS_NAME}.")
     index = build_index(
         fmt=opts.format, source=source.name, institution=institution, label_space=source.label_space,
-        label_names=LABEL_SPACES[source.label_space], image_size=opts.image_size,
+        label_names=label_names(source.label_space), image_size=opts.image_size,
         level_sizes=level_sizes(opts.image_size), splits=split_files, args=opts.recorded(),
         rejects=dict(rejects.counts), notes=dict(rejects.notes))
     index_path = write_index(out_dir, index)

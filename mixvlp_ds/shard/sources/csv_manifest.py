@@ -8,8 +8,13 @@ One row per record. Columns (names are matched case-insensitively; spaces and '-
     report_file           a report text file, relative to the manifest's folder          } these
     split                 train / val / test (validate, valid, validation -> val); blank -> hash
     study_id, view        optional
-    <finding columns>     one per finding of --csv-label-space, e.g. "Pleural Effusion" or
+    <finding columns>     one per finding of the label space, e.g. "Pleural Effusion" or
                           "pleural_effusion": 1 / 0 / -1 / blank (1.0, 0.0, -1.0 accepted)
+
+The label space is --csv-label-space (chexpert14, cxr14, none), or the institution's own findings:
+--csv-labels covid,pneumonia,no_finding (or --csv-labels-file, one name per line), recorded as
+"custom:covid,pneumonia,no_finding" in index.json and every labels.json; fine-tuning, evaluation,
+tables, plots and the sweep read it from there.
 
 Any other column is an error naming it, unless --csv-ignore-extra-columns (then noted and ignored).
 Image and report paths must resolve (symbolic links followed) inside the manifest's folder or a root
@@ -32,7 +37,7 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-from mixvlp_ds.shard.format import LABEL_SPACES, make_key
+from mixvlp_ds.shard.format import LABEL_SPACES, custom_label_space, label_names, make_key
 from mixvlp_ds.shard.source import InputLayoutError, RejectLog, SourceItem
 from mixvlp_ds.shard.sources._files import check_fractions, hash_split, parse_label, read_report
 from mixvlp_ds.text.sections import clean_text, extract_report, split_sections
@@ -50,6 +55,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--csv-manifest", help="manifest CSV(.gz): one row per record (see docs/sources.md)")
     g.add_argument("--csv-label-space", choices=sorted(LABEL_SPACES), default="chexpert14",
                    help="label space of the finding columns (default chexpert14; none: no labels)")
+    g.add_argument("--csv-labels", default=None, metavar="NAME[,NAME...]",
+                   help="the institution's own findings (a custom label space; replaces --csv-label-space)")
+    g.add_argument("--csv-labels-file", default=None, metavar="FILE",
+                   help="the same, one finding name per line")
     g.add_argument("--csv-ignore-extra-columns", action="store_true",
                    help="ignore columns that are neither known fields nor findings (default: error)")
     g.add_argument("--csv-val-fraction", type=float, default=0.1, help="blank split: hash val share")
@@ -58,10 +67,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="a folder outside the manifest's that image/report paths may point into (repeatable)")
 
 
+def label_space_of(args: argparse.Namespace) -> str:
+    """--csv-labels / --csv-labels-file (a custom space) or --csv-label-space."""
+    labels, path = getattr(args, "csv_labels", None), getattr(args, "csv_labels_file", None)
+    if labels and path:
+        raise InputLayoutError("give --csv-labels or --csv-labels-file, not both")
+    if path:
+        try:
+            labels = ",".join(line.strip() for line in Path(path).read_text().splitlines() if line.strip())
+        except OSError as e:
+            raise InputLayoutError(f"--csv-labels-file {path}: {e}") from e
+    if not labels:
+        return args.csv_label_space
+    try:
+        return custom_label_space(labels.split(","))
+    except ValueError as e:
+        raise InputLayoutError(f"--csv-labels: {e}") from e
+
+
 def build(args: argparse.Namespace) -> CSVManifestSource:
     if not args.csv_manifest:
         raise InputLayoutError("--source csv needs --csv-manifest FILE")
-    return CSVManifestSource(args.csv_manifest, label_space=args.csv_label_space,
+    return CSVManifestSource(args.csv_manifest, label_space=label_space_of(args),
                              ignore_extra_columns=args.csv_ignore_extra_columns,
                              val_fraction=args.csv_val_fraction, test_fraction=args.csv_test_fraction,
                              institution=args.institution, allow_roots=args.csv_allow_root)
@@ -81,8 +108,7 @@ class CSVManifestSource:
         self.manifest = Path(manifest)
         if not self.manifest.is_file():
             raise InputLayoutError(f"manifest {self.manifest} does not exist")
-        if label_space not in LABEL_SPACES:
-            raise ValueError(f"unknown label space {label_space!r}; known: {sorted(LABEL_SPACES)}")
+        label_names(label_space)  # ValueError naming the known spaces
         self.label_space = label_space
         self.ignore_extra_columns = ignore_extra_columns
         check_fractions(val_fraction, test_fraction)
@@ -107,7 +133,7 @@ class CSVManifestSource:
 
     def map_columns(self, header: list[str], rejects: RejectLog) -> tuple[dict[str, int], dict[str, int]]:
         """(field -> column index, finding -> column index); unknown columns raise unless ignored."""
-        findings = {column_key(f): f for f in LABEL_SPACES[self.label_space]}
+        findings = {column_key(f): f for f in label_names(self.label_space)}
         fields: dict[str, int] = {}
         labels: dict[str, int] = {}
         extra = []
@@ -122,8 +148,9 @@ class CSVManifestSource:
         if extra and not self.ignore_extra_columns:
             raise InputLayoutError(
                 f"{self.manifest}: unknown column(s) {extra} (or repeated); expected {list(COLUMNS)} and the "
-                f"findings of label space {self.label_space!r}: {list(LABEL_SPACES[self.label_space])}. "
-                f"Pass --csv-ignore-extra-columns to ignore them")
+                f"findings of label space {self.label_space!r}: {list(label_names(self.label_space))}. "
+                f"Pass --csv-labels NAME,... to keep them as the institution's own label space, or "
+                f"--csv-ignore-extra-columns to ignore them")
         for name in extra:
             rejects.note(f"ignored manifest column {name!r}")
         if "patient_id" not in fields or not {"image", "report", "report_file"} & set(fields):
@@ -167,7 +194,7 @@ class CSVManifestSource:
     def items(self, rejects: RejectLog) -> Iterator[SourceItem]:
         header, rows = self.read_rows(rejects)
         fields, label_cols = self.map_columns(header, rejects)
-        names = LABEL_SPACES[self.label_space]
+        names = label_names(self.label_space)
         seen: set[str] = set()
         for line, cells in enumerate(rows, start=2):
             if not any(c.strip() for c in cells):
