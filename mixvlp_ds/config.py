@@ -136,9 +136,13 @@ def to_dict(obj: Any) -> dict[str, Any]:
 
 
 def read_file(path: str | Path) -> dict[str, Any]:
-    """Read a YAML or JSON mapping; errors name the file."""
-    path = Path(path)
+    """Read a YAML or JSON mapping; errors name the file. `path` may also name a config that ships
+    with the package (`configs/tiny_cpu.yaml`, `tiny_cpu`: mixvlp_ds.shipped), so the documented
+    commands work from any directory once the package is installed."""
+    from mixvlp_ds.shipped import resolve
+
     try:
+        path = resolve(path, "configs")
         text = path.read_text()
     except OSError as e:
         raise ConfigError(f"cannot read config file {path}: {e}") from e

@@ -18,11 +18,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-CONFIGS = REPO / "configs"
+from mixvlp_ds.shipped import folder
+
+CONFIGS = folder("configs")  # shipped with the package (mixvlp_ds.shipped)
 INSTITUTIONS = (("mimic-like", 1200), ("nih-like", 800), ("openi-like", 800))
 IMAGE_SIZE = 32  # the tiny model's image size (configs/quickstart_pretrain.yaml)
 PRETRAIN_CONFIG = "quickstart_pretrain.yaml"
@@ -130,4 +132,6 @@ def source_overrides(shards: dict[str, Path]) -> list[str]:
 
 
 if __name__ == "__main__":
-    main()
+    from mixvlp_ds.cli import run
+
+    sys.exit(run(main))

@@ -44,7 +44,6 @@ from mixvlp_ds.config import ConfigError, load_config
 
 SCENARIOS = ("baseline1", "baseline2", "mixup1", "mixup2")
 PRETRAIN_SCENARIO = {"baseline2": "baseline", "mixup1": "mixup1", "mixup2": "mixup2"}
-REPO = Path(__file__).resolve().parents[1]
 
 
 @dataclass
@@ -103,7 +102,7 @@ def run_pretrain(cfg: SweepConfig, scenario: str, percent: float, seed: int, out
     if out.exists():  # an earlier attempt stopped before exporting: this cell starts over
         print(f"[sweep] {scenario} P{percent:g}: removing the unfinished pre-training in {out}")
         shutil.rmtree(out)
-    cmd = [sys.executable, str(REPO / "launchers" / "pretrain.py"), "--config", cfg.pretrain_config]
+    cmd = [sys.executable, "-m", "mixvlp_ds.train.pretrain", "--config", cfg.pretrain_config]
     if cfg.deepspeed_config:
         cmd += ["--deepspeed_config", cfg.deepspeed_config]
     cmd += [*cfg.pretrain_overrides, *scenario_sources(cfg, scenario),
@@ -113,7 +112,7 @@ def run_pretrain(cfg: SweepConfig, scenario: str, percent: float, seed: int, out
     print(f"[sweep] {scenario} P{percent:g}: pre-training: {' '.join(cmd)}", flush=True)
     env = dict(os.environ)
     env.setdefault("DS_ACCELERATOR", "cpu")
-    proc = subprocess.run(cmd, cwd=REPO, env=env)
+    proc = subprocess.run(cmd, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"pre-training of {scenario} P{percent:g} failed (exit {proc.returncode}); "
                            f"its output is above, its files in {out}")
@@ -282,4 +281,6 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from mixvlp_ds.cli import run
+
+    sys.exit(run(main))

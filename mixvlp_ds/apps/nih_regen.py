@@ -43,10 +43,9 @@ import torch
 import torch.nn.functional as F
 
 from mixvlp_ds.apps.regeneration import disjoint_masks, image_metrics, regenerate_images
+from mixvlp_ds.shipped import folder
 
-REPO = Path(__file__).resolve().parents[2]
-DEFAULT_NIH = REPO.parent / "shared" / "data" / "nih_cxr14"
-DEFAULT_CONFIG = REPO / "configs" / "nih_regen_pretrain.yaml"
+DEFAULT_CONFIG = folder("configs") / "nih_regen_pretrain.yaml"
 
 
 # ----------------------------------------------------------------------------- references
@@ -227,7 +226,9 @@ def table(rows: dict) -> str:
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(prog="python -m mixvlp_ds.apps.nih_regen", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--nih-dir", type=Path, default=DEFAULT_NIH)
+    p.add_argument("--nih-dir", type=Path, required=True,
+                   help="NIH ChestX-ray14 folder (Data_Entry_2017.csv, the split lists, image folders; "
+                        "https://nihcc.app.box.com/v/ChestXray-NIHCC; here: ../shared/data/nih_cxr14)")
     p.add_argument("--nih-images", default="images_512", help="glob of image folders under --nih-dir")
     p.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
     p.add_argument("--out", type=Path, default=Path("runs/nih_regen"))

@@ -38,9 +38,8 @@ from mixvlp_ds.apps.classification import LinearProbe, masked_bce
 from mixvlp_ds.apps.hashing import HashHead, cauchy_hashing_loss
 from mixvlp_ds.apps.loop import fit, predict
 from mixvlp_ds.shard.format import CXR14
-from mixvlp_ds.text.labeller import DEFAULT_LABELERS, read_openi_gold, read_openi_reports
+from mixvlp_ds.text.labeller import read_openi_gold, read_openi_reports
 
-DEFAULT_OPENI = DEFAULT_LABELERS.parent / "openi_iu"
 KS = (1, 5, 10, 50)
 
 
@@ -341,7 +340,10 @@ def run(openi_dir: str | Path, out_dir: str | Path, opts: Options, encoder: bool
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m mixvlp_ds.apps.openi_text", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--openi-dir", default=str(DEFAULT_OPENI))
+    p.add_argument("--openi-dir", required=True,
+                   help="OpenI (Indiana University) folder with indiana_reports.csv and NegBio's gold labels "
+                        "openi_gld_std14.csv (https://openi.nlm.nih.gov; in this project's environment: "
+                        "../shared/data/openi_iu)")
     p.add_argument("--out", default="runs/openi_text")
     p.add_argument("--tfidf-only", action="store_true", help="skip the encoder (seconds instead of minutes)")
     p.add_argument("--threads", type=int, default=0,

@@ -6,7 +6,10 @@ It reads the public CheXpert / RadText rule files in place (nothing is copied in
     <labelers>/radtext/cxr14_phrases_v2.yml     mention stems for the ChestX-ray14 space
     <labelers>/radtext/patterns/regex_*.yml     negation / uncertainty regexes, finding slot XXXXX
 
-`<labelers>` defaults to ../shared/data/labelers beside the repository (or $MIXVLP_LABELERS).
+`<labelers>` is a required folder (`--labelers DIR` or $MIXVLP_LABELERS): the rule files are
+RadText's and CheXpert's (https://github.com/bionlplab/radtext, `resources/`; MIT), and they are
+read where the user keeps them. The package ships no copy of third-party rules, and a dependency
+on the radtext package would pull a parser stack this labeller does not use.
 
 Rules (the parser-free reading of CheXpert's three stages):
 1. Sentences: the report is split at '.', '!', '?', ';' followed by space, and at line breaks.
@@ -53,7 +56,8 @@ import yaml
 
 from mixvlp_ds.shard.format import CHEXPERT14, CXR14
 
-DEFAULT_LABELERS = Path(__file__).resolve().parents[3] / "shared" / "data" / "labelers"
+WHERE = ("the RadText rule files (https://github.com/bionlplab/radtext, folder resources/: "
+         "chexpert_phrases.yml, cxr14_phrases_v2.yml, patterns/) in <DIR>/radtext")
 SLOT = "qqfindingqq"  # a token no report contains (OpenI's own placeholder is "XXXX")
 
 PHRASE_FILES = {"chexpert14": "chexpert_phrases.yml", "cxr14": "cxr14_phrases_v2.yml"}
@@ -75,9 +79,14 @@ SENTENCE_SPLIT = re.compile(r"(?<=[.!?;])\s+|\n+")
 
 
 def labelers_dir(path: str | Path | None = None) -> Path:
-    p = Path(path or os.environ.get("MIXVLP_LABELERS") or DEFAULT_LABELERS)
+    """The rule folder: `path`, else $MIXVLP_LABELERS; FileNotFoundError says what to put there."""
+    given = path or os.environ.get("MIXVLP_LABELERS")
+    if not given:
+        raise FileNotFoundError(f"the labeller needs its rule folder: pass --labelers DIR (or set "
+                                f"$MIXVLP_LABELERS) with {WHERE}")
+    p = Path(given)
     if not (p / "radtext").is_dir():
-        raise FileNotFoundError(f"labeller rules not found: {p}/radtext (set --labelers or $MIXVLP_LABELERS)")
+        raise FileNotFoundError(f"labeller rules not found: {p}/radtext; expected {WHERE}")
     return p
 
 
@@ -298,11 +307,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--text-column", default="Reports")
     p.add_argument("--split", default="train")
     p.add_argument("--space", default="chexpert14", choices=sorted(PHRASE_FILES))
-    p.add_argument("--labelers", default=None, help="rule folder (default ../shared/data/labelers)")
-    p.add_argument("--openi-dir", default=str(DEFAULT_LABELERS.parent / "openi_iu"))
+    p.add_argument("--labelers", default=None, help="rule folder holding radtext/ (or $MIXVLP_LABELERS)")
+    p.add_argument("--openi-dir", default=None,
+                   help="OpenI folder with indiana_reports.csv and openi_gld_std14.csv (--score-openi)")
     p.add_argument("--out", default=None, help="output CSV (--csv), JSONL (--shards) or JSON (--score-openi)")
     args = p.parse_args(argv)
     if args.score_openi:
+        if not args.openi_dir:
+            p.error("--score-openi needs --openi-dir (the OpenI reports and NegBio's gold labels)")
         res = score_openi(args.openi_dir, args.labelers)
         print(score_table(res))
         if args.out:

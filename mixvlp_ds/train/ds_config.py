@@ -156,8 +156,10 @@ def _walk(d: Any, prefix: str = ""):
 
 def load_ds_config(path: str | Path, run: RunConfig, world_size: int, device_type: str = "cpu",
                    bf16_ok: bool = False, fp16_ok: bool | None = None) -> dict:
-    path = Path(path)
+    from mixvlp_ds.shipped import resolve
+
     try:
+        path = resolve(path, "ds_configs")  # a file, or a shipped name: ds_configs/zero2.json, zero2
         ds = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise ConfigError(f"cannot read DeepSpeed config {path}: {e}") from e

@@ -25,16 +25,16 @@ import torch.distributed as dist
 from mixvlp_ds.config import ConfigError
 from mixvlp_ds.train.config import RunConfig, load_run_config
 
-DS_CONFIGS = Path(__file__).resolve().parents[2] / "ds_configs"
-
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     # option names must not be prefixes of torchrun's own (e.g. --start would clash with --start-method)
     p = argparse.ArgumentParser(prog="launchers/pretrain.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", required=True, help="run config YAML (configs/*.yaml)")
+    p.add_argument("--config", required=True,
+                   help="run config YAML: a file, or a shipped one by name (configs/tiny_cpu.yaml, tiny_cpu)")
     p.add_argument("--deepspeed_config", "--deepspeed-config", default=None,
-                   help="DeepSpeed JSON (default: ds_configs/zero2.json on GPU, cpu.json on CPU)")
+                   help="DeepSpeed JSON, a file or a shipped one (default: ds_configs/zero2.json on GPU, "
+                        "ds_configs/cpu.json on CPU)")
     p.add_argument("--ckpt-uri", default=None, help="s3://bucket/prefix for committed checkpoints")
     p.add_argument("--resume", default=None, help="auto | s3://bucket/prefix | local checkpoints dir")
     p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
@@ -165,8 +165,8 @@ def main(argv: list[str] | None = None) -> dict:
         watch_launcher(lambda m: print(f"[rank {info.rank}] {m}", file=sys.stderr, flush=True))
     t = run.train
     refuse_existing_run(Path(t.output_dir), resuming=bool(t.resume), device=info.device)
-    default_ds = "cpu.json" if info.device.type == "cpu" else "zero2.json"
-    ds_path = args.deepspeed_config or DS_CONFIGS / default_ds
+    default_ds = "ds_configs/cpu.json" if info.device.type == "cpu" else "ds_configs/zero2.json"
+    ds_path = args.deepspeed_config or default_ds  # a file, or a shipped config (mixvlp_ds.shipped)
     bf16_ok, fp16_ok = precision_support(info.device)
     ds_config = load_ds_config(ds_path, run, info.world_size, info.device.type, bf16_ok, fp16_ok)
     out_dir, root = Path(t.output_dir), Path(t.output_dir) / "checkpoints"
@@ -273,3 +273,7 @@ def _plain(run: RunConfig) -> dict:
     from mixvlp_ds.config import to_dict
 
     return to_dict(run)
+
+
+if __name__ == "__main__":  # python -m mixvlp_ds.train.pretrain (what the sweep and an installed package run)
+    sys.exit(cli(sys.argv[1:]))

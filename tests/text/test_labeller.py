@@ -65,7 +65,8 @@ def test_openi_gold_f1(shared_data, tmp_path):
     """F1 vs NegBio's OpenI gold labels (3,851 reports). The floor is a regression guard, set under
     what the rules reach (micro F1 0.739, see docs/applications.md)."""
     out = tmp_path / "score.json"
-    assert L.main(["--score-openi", "--openi-dir", str(shared_data / "openi_iu"), "--out", str(out)]) == 0
+    assert L.main(["--score-openi", "--openi-dir", str(shared_data / "openi_iu"), "--labelers",
+                   str(shared_data / "labelers"), "--out", str(out)]) == 0
     res = json.loads(out.read_text())
     assert res["reports"] == 3851
     assert res["micro_f1"] > 0.70
@@ -80,3 +81,12 @@ def test_cli_labels_a_csv(shared_data, tmp_path):
     rows = list(csv.DictReader(open(out, newline="")))
     gold = _gold_rows(shared_data)
     assert [r["Cardiomegaly"] for r in rows] == [g["Cardiomegaly"] for g in gold]
+
+
+def test_the_rule_folder_is_required_and_the_error_says_what_to_put_there(monkeypatch):
+    import pytest
+
+    monkeypatch.delenv("MIXVLP_LABELERS", raising=False)
+    with pytest.raises(FileNotFoundError, match=r"pass --labelers DIR \(or set \$MIXVLP_LABELERS\) with the "
+                                                r"RadText rule files \(https://github.com/bionlplab/radtext"):
+        L.ReportLabeller("chexpert14")
