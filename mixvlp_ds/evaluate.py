@@ -190,6 +190,6 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    from mixvlp_ds.cli import run
+    from mixvlp_ds.status import run
 
     sys.exit(run(main))

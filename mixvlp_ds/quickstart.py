@@ -132,6 +132,6 @@ def source_overrides(shards: dict[str, Path]) -> list[str]:
 
 
 if __name__ == "__main__":
-    from mixvlp_ds.cli import run
+    from mixvlp_ds.status import run
 
     sys.exit(run(main))

@@ -13,6 +13,7 @@ pip's cache, is needed)."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -31,8 +32,12 @@ def sh(cmd: list[str], cwd: Path, timeout: int = 300) -> str:
 
 
 def test_wheel_installs_and_runs_from_any_directory(tmp_path):
+    # build from a copy: setuptools writes build/ and *.egg-info beside the sources it builds
+    src = tmp_path / "src"
+    shutil.copytree(REPO, src, symlinks=True, ignore=shutil.ignore_patterns(
+        ".git", "build", "dist", "runs", "shards", ".whl", "*.egg-info", "__pycache__", ".*_cache"))
     sh([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
-        str(tmp_path / "dist"), str(REPO)], cwd=tmp_path)
+        str(tmp_path / "dist"), str(src)], cwd=tmp_path)
     wheel = next((tmp_path / "dist").glob("mixvlp_ds-*.whl"))
     venv = tmp_path / "venv"
     py, bin_ = venv / "bin" / "python", venv / "bin"

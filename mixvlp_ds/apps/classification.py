@@ -133,6 +133,20 @@ def feature_dim(model, side: str, pool: ImagePool | None = None) -> int:
     return {"img": img, "txt": model.cfg.hidden, "both": img + model.cfg.hidden}[side]
 
 
+def per_finding_logreg(x_train, y_train: np.ndarray, x_eval, **logreg) -> np.ndarray:
+    """One scikit-learn logistic regression per finding on fixed features (the probes and the
+    TF-IDF reference): (N_eval, K) decision values; 0 for a finding whose training labels hold one
+    class only (nothing to learn; its AUC is n/a when the evaluation has one class too).
+    y_train: (N, K) 0/1; `logreg`: LogisticRegression's arguments (C, class_weight, solver, ...)."""
+    from sklearn.linear_model import LogisticRegression
+
+    scores = np.zeros((x_eval.shape[0], y_train.shape[1]), np.float64)
+    for k in range(y_train.shape[1]):
+        if len(np.unique(y_train[:, k])) == 2:
+            scores[:, k] = LogisticRegression(**logreg).fit(x_train, y_train[:, k]).decision_function(x_eval)
+    return scores
+
+
 def row_name(fusion: str, side: str) -> str:
     """'img' / 'txt' -> the Table 1 row name of this architecture."""
     img, txt = ROWS[fusion]

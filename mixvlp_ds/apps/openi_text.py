@@ -34,13 +34,12 @@ import numpy as np
 import torch
 
 from mixvlp_ds.apps import metrics
-from mixvlp_ds.apps.classification import LinearProbe, masked_bce
+from mixvlp_ds.apps.classification import LinearProbe, masked_bce, per_finding_logreg
 from mixvlp_ds.apps.hashing import HashHead, cauchy_hashing_loss
 from mixvlp_ds.apps.loop import fit, predict
+from mixvlp_ds.apps.retrieval import KS
 from mixvlp_ds.shard.format import CXR14
 from mixvlp_ds.text.labeller import read_openi_gold, read_openi_reports
-
-KS = (1, 5, 10, 50)
 
 
 @dataclass
@@ -107,17 +106,11 @@ def tfidf_classify(train_texts, y_train, test_texts, seed: int = 0):
     """TF-IDF (word 1-2 grams, min_df 2, sublinear tf) + one balanced logistic regression per
     finding. Returns (test scores (N_test, K), fitted vectorizer, train matrix, test matrix)."""
     from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.linear_model import LogisticRegression
 
     vec = TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True, max_features=20000)
     x_train, x_test = vec.fit_transform(train_texts), vec.transform(test_texts)
-    scores = np.zeros((x_test.shape[0], y_train.shape[1]), np.float32)
-    for k in range(y_train.shape[1]):
-        if len(np.unique(y_train[:, k])) < 2:   # Hernia: nothing to learn; its AUC is n/a anyway
-            continue
-        lr = LogisticRegression(C=10.0, max_iter=2000, class_weight="balanced", solver="liblinear",
-                                random_state=seed)
-        scores[:, k] = lr.fit(x_train, y_train[:, k]).decision_function(x_test)
+    scores = per_finding_logreg(x_train, y_train, x_test, C=10.0, max_iter=2000, class_weight="balanced",
+                                solver="liblinear", random_state=seed)
     return scores, vec, x_train, x_test
 
 
@@ -207,15 +200,10 @@ def encoder_benchmark(train_texts, y_train, test_texts, y_test, opts: Options, o
 
     def frozen_lr(m) -> dict:
         """Logistic regression on the frozen pooled F_txt of `m` (a diagnostic: is the signal there?)."""
-        from sklearn.linear_model import LogisticRegression
         m.eval()
         f_tr = predict(pooled(m, ids_tr, att_tr), len(train_texts), 256)
         f_te = predict(pooled(m, ids_te, att_te), len(test_texts), 256)
-        scores = np.zeros_like(y_test)
-        for k in range(y_train.shape[1]):
-            if len(np.unique(y_train[:, k])) == 2:
-                lr = LogisticRegression(C=1.0, max_iter=3000, class_weight="balanced")
-                scores[:, k] = lr.fit(f_tr, y_train[:, k]).decision_function(f_te)
+        scores = per_finding_logreg(f_tr, y_train, f_te, C=1.0, max_iter=3000, class_weight="balanced")
         return metrics.auc_per_finding(y_test, scores, CXR14)
 
     def fine_tune_once(m, name: str, seed: int, max_seconds):

@@ -38,11 +38,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from scipy import sparse
-from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
 from mixvlp_ds.apps import metrics
-from mixvlp_ds.apps.classification import binary_labels
+from mixvlp_ds.apps.classification import binary_labels, per_finding_logreg
 
 
 def labelled_rows(uri: str, split: str, side: str = "img", label_space: str | None = None) -> dict:
@@ -106,13 +105,7 @@ def probe_auc(x_tr: np.ndarray, y_tr: np.ndarray, x_ev: np.ndarray, y_ev: np.nda
     """Standardise on the training rows, one L2 logistic regression per finding, AUC per finding.
     y_*: (N, K) 0/1."""
     scaler = StandardScaler(with_mean=not sparse.issparse(x_tr)).fit(x_tr)   # sparse: TF-IDF
-    a, b = scaler.transform(x_tr), scaler.transform(x_ev)
-    scores = np.zeros(y_ev.shape, np.float64)
-    for k in range(y_tr.shape[1]):
-        if len(np.unique(y_tr[:, k])) < 2:
-            continue                                   # no positive (or no negative) seen: constant
-        clf = LogisticRegression(C=c, max_iter=2000).fit(a, y_tr[:, k])
-        scores[:, k] = clf.decision_function(b)
+    scores = per_finding_logreg(scaler.transform(x_tr), y_tr, scaler.transform(x_ev), C=c, max_iter=2000)
     return metrics.auc_per_finding(y_ev, scores, names)
 
 

@@ -33,6 +33,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from mixvlp_ds.data.collate import collate, padding_row
 from mixvlp_ds.data.config import DataConfig, resolve_sources
+from mixvlp_ds.data.dealing import deal_shards, interleave, seeded
 from mixvlp_ds.data.faults import FaultCounter
 from mixvlp_ds.data.patch_masking import PatchMasking
 from mixvlp_ds.data.reader import (
@@ -50,55 +51,6 @@ from mixvlp_ds.data.sampler import MixedTuple, MixingSampler, batch_shares
 
 log = logging.getLogger("mixvlp_ds.data")
 STATE_VERSION = 1
-
-
-def seeded(*parts: int) -> np.random.Generator:
-    return np.random.default_rng(np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]))
-
-
-def deal_shards(shards: dict[str, list[ShardRef]], weights: dict[str, float], epoch: int, seed: int,
-                n_slots: int) -> list[list[ShardRef]]:
-    """This epoch's shards of every source, dealt to `n_slots` slots (rank-major: slot = rank *
-    workers + worker). weight w: the shard list is repeated floor(w) times (a new shuffle each
-    time) plus a fraction of one more shuffle; each source is dealt greedily to the slot with
-    the fewest samples of that source, so every slot gets a share of every institution."""
-    slots: list[list[ShardRef]] = [[] for _ in range(n_slots)]
-    for si, (name, refs) in enumerate(sorted(shards.items())):
-        rng = seeded(seed, epoch, si, 11)
-        want = max(1, round(weights[name] * len(refs))) if refs else 0
-        order: list[ShardRef] = []
-        while len(order) < want:
-            order += [refs[i] for i in rng.permutation(len(refs))]
-        load = [0] * n_slots
-        for ref in order[:want]:
-            k = min(range(n_slots), key=lambda j: (load[j], j))
-            slots[k].append(ref)
-            load[k] += max(ref.num_samples, 1)
-    for k, slot in enumerate(slots):
-        rng = seeded(seed, epoch, k, 13)
-        slots[k] = [slot[i] for i in rng.permutation(len(slot))]
-    return slots
-
-
-def interleave(streams: dict[str, tuple[int, Iterator[Record]]],
-               rng: np.random.Generator) -> Iterator[Record]:
-    """Records of several sources in one stream: the next one comes from a source chosen with
-    probability proportional to its remaining records, so all sources end together."""
-    left = {name: max(n, 1) for name, (n, _) in streams.items()}
-    iters = {name: it for name, (_, it) in streams.items()}
-    while iters:
-        if len(iters) == 1:  # the draw is certain: skip rng.choice (~20 us a record; rng is ours alone)
-            yield from next(iter(iters.values()))
-            return
-        names = sorted(iters)
-        p = np.array([left[n] for n in names], dtype=np.float64)
-        name = names[int(rng.choice(len(names), p=p / p.sum()))]
-        rec = next(iters[name], None)
-        if rec is None:
-            del iters[name]
-            continue
-        left[name] = max(left[name] - 1, 1)
-        yield rec
 
 
 class SlotStream:

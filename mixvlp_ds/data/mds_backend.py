@@ -3,7 +3,7 @@
 One `Stream` per source (local folder, or an s3:// remote cached under `data.cache_dir`), all in
 one `StreamingDataset`, which downloads, caches and decodes MDS shards. The work split and the
 mixing are the WebDataset backend's: shards (as StreamingDataset numbers them) are dealt to
-rank x worker slots by `loader.deal_shards`, each slot reads its shards' rows in order with
+rank x worker slots by `dealing.deal_shards`, each slot reads its shards' rows in order with
 `get_item`, and the same sampler, collate and resume logic follow. Why not StreamingDataset's
 own partition and `StreamingDataLoader` state: that state says "sample N of the raw stream",
 but the batches also depend on the sampler's buffers (image pool, report pools, shuffle buffer),
@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mixvlp_ds.data.dealing import deal_shards, interleave
 from mixvlp_ds.data.faults import FaultCounter
 from mixvlp_ds.data.reader import Record, SampleError, ShardRef, read_index, record_from_fields
 from mixvlp_ds.shard.format import image_field
@@ -48,10 +49,8 @@ class MdsRecords:
     """Record streams for the loader's slots, from one StreamingDataset over every source."""
 
     def __init__(self, cfg, specs, rank: int, world_size: int, seed: int):
-        from mixvlp_ds.data.loader import deal_shards  # late: loader imports this module lazily
-
         streaming = import_streaming()
-        self.cfg, self.rank, self.seed, self.deal = cfg, rank, seed, deal_shards
+        self.cfg, self.rank, self.seed = cfg, rank, seed
         self.workers = max(cfg.num_workers, 1)
         self.n_slots = world_size * self.workers
         self.institution = {s.name: s.institution for s in specs}
@@ -88,12 +87,10 @@ class MdsRecords:
     def slots(self, epoch: int) -> list[list[ShardRef]]:
         """This epoch's shards per slot (dealt once per epoch and process)."""
         if self._dealt is None or self._dealt[0] != epoch:
-            self._dealt = (epoch, self.deal(self.shards, self.weights, epoch, self.seed, self.n_slots))
+            self._dealt = (epoch, deal_shards(self.shards, self.weights, epoch, self.seed, self.n_slots))
         return self._dealt[1]
 
     def records_fn(self, epoch: int, worker: int):
-        from mixvlp_ds.data.loader import interleave
-
         refs = self.slots(epoch)[self.rank * self.workers + worker]
 
         def records(faults: FaultCounter, rng: np.random.Generator) -> Iterator[Record]:

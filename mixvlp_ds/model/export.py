@@ -1,7 +1,7 @@
 """Saving and loading MixVLP, and exporting its text side as a plain Hugging Face BertModel.
 
     model.save_pretrained(DIR, tokenizer)      # DIR/model.safetensors, DIR/config.json, DIR/tokenizer/
-    model = MixVLP.from_pretrained(DIR)
+    model = MixVLP.from_pretrained(DIR)        # (both in mixvlp.py: persistence points one way)
     export_text_encoder_hf(model, OUT, tokenizer)
     transformers.AutoModel.from_pretrained(OUT)  # no code of ours; last_hidden_state == F_txt
 
@@ -14,55 +14,12 @@ is appended as one more BERT layer, so the export gives F_txt, the features appl
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
-from mixvlp_ds.config import from_dict, to_dict
 from mixvlp_ds.model.bert_init import BLOCK_NAMES
-from mixvlp_ds.model.config import ModelConfig
-from mixvlp_ds.model.mixvlp import MixVLP
-
-WEIGHTS = "model.safetensors"
-CONFIG = "config.json"
-TOKENIZER = "tokenizer"
-
-
-def save_pretrained(model: MixVLP, directory: str | Path, tokenizer=None,
-                    state: dict[str, torch.Tensor] | None = None) -> Path:
-    """Weights (the model's own, or `state`: e.g. the fp32 master weights of a bf16 run, gathered
-    from ZeRO partitions) and config."""
-    from safetensors.torch import save_file
-
-    d = Path(directory)
-    d.mkdir(parents=True, exist_ok=True)
-    state = model.state_dict() if state is None else state
-    state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
-    save_file(state, str(d / WEIGHTS), metadata={"format": "pt", "model": "MixVLP"})
-    (d / CONFIG).write_text(json.dumps({"model": "MixVLP", "config": to_dict(model.cfg)}, indent=2))
-    if tokenizer is not None:
-        tokenizer.save_pretrained(str(d / TOKENIZER))
-    return d
-
-
-def load_pretrained(directory: str | Path, map_location: str | torch.device = "cpu") -> MixVLP:
-    from safetensors.torch import load_file
-
-    d = Path(directory)
-    for name in (CONFIG, WEIGHTS):
-        if not (d / name).is_file():
-            raise FileNotFoundError(f"{d / name} does not exist: not a MixVLP directory (save_pretrained)")
-    meta = json.loads((d / CONFIG).read_text())
-    if meta.get("model") != "MixVLP":
-        raise ValueError(f"{d / CONFIG} is not a MixVLP config (model={meta.get('model')!r})")
-    cfg = from_dict(ModelConfig, meta["config"], where=str(d / CONFIG))
-    model = MixVLP(cfg)
-    state = load_file(str(d / WEIGHTS), device=str(map_location))
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ValueError(f"{d / WEIGHTS} does not fit its config: missing {missing}, unexpected {unexpected}")
-    return model.to(map_location)
+from mixvlp_ds.model.mixvlp import TOKENIZER, MixVLP
 
 
 def load_saved_tokenizer(directory: str | Path):

@@ -17,11 +17,13 @@ Floating-point inputs follow the weights' dtype (bf16 under DeepSpeed); losses a
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from mixvlp_ds.config import from_dict, to_dict
 from mixvlp_ds.model.config import ModelConfig
 from mixvlp_ds.model.decoder import MultiScaleDecoder, SingleScaleDecoder
 from mixvlp_ds.model.embeddings import PatchEmbedding, TextEmbedding
@@ -31,6 +33,9 @@ from mixvlp_ds.model.heads import WordHead
 from mixvlp_ds.model.losses import image_loss, pair_loss, text_loss
 from mixvlp_ds.model.masking import IGNORE_INDEX, masked_word_positions, random_patch_masking, replace_patches
 from mixvlp_ds.model.patches import patchify, pyramid_positions, unpatchify
+
+# a saved model directory (save_pretrained / from_pretrained)
+WEIGHTS, CONFIG, TOKENIZER = "model.safetensors", "config.json", "tokenizer"
 
 
 class MixVLP(nn.Module):
@@ -253,12 +258,40 @@ class MixVLP(nn.Module):
         return unpatchify(out, self.cfg.block_size)
 
     # ------------------------------------------------------------------ persistence
-    def save_pretrained(self, directory: str | Path, tokenizer=None) -> None:
-        """safetensors weights + config.json (+ tokenizer/ when given); see export.py."""
-        from mixvlp_ds.model.export import save_pretrained
-        save_pretrained(self, directory, tokenizer)
+    def save_pretrained(self, directory: str | Path, tokenizer=None,
+                        state: dict[str, torch.Tensor] | None = None) -> Path:
+        """DIR/model.safetensors + DIR/config.json (+ DIR/tokenizer/ when given). `state`: other
+        weights than the module's own, e.g. the fp32 master weights of a bf16 run gathered from
+        the ZeRO partitions."""
+        from safetensors.torch import save_file
+
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        state = self.state_dict() if state is None else state
+        state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+        save_file(state, str(d / WEIGHTS), metadata={"format": "pt", "model": "MixVLP"})
+        (d / CONFIG).write_text(json.dumps({"model": "MixVLP", "config": to_dict(self.cfg)}, indent=2))
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(d / TOKENIZER))
+        return d
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> MixVLP:
-        from mixvlp_ds.model.export import load_pretrained
-        return load_pretrained(directory, map_location)
+        """A model saved by save_pretrained; errors name the file and what does not fit."""
+        from safetensors.torch import load_file
+
+        d = Path(directory)
+        for name in (CONFIG, WEIGHTS):
+            if not (d / name).is_file():
+                raise FileNotFoundError(f"{d / name} does not exist: not a MixVLP directory "
+                                        f"(save_pretrained)")
+        meta = json.loads((d / CONFIG).read_text())
+        if meta.get("model") != "MixVLP":
+            raise ValueError(f"{d / CONFIG} is not a MixVLP config (model={meta.get('model')!r})")
+        model = cls(from_dict(ModelConfig, meta["config"], where=str(d / CONFIG)))
+        state = load_file(str(d / WEIGHTS), device=str(map_location))
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise ValueError(f"{d / WEIGHTS} does not fit its config: missing {missing}, "
+                             f"unexpected {unexpected}")
+        return model.to(map_location)

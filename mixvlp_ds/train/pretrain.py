@@ -257,15 +257,13 @@ def export_model(engine, ds_config: dict, directory: Path, tokenizer, info) -> N
     them is a collective (every rank enters, ZeRO-3 partitions included); rank 0 writes."""
     from deepspeed.utils import safe_get_full_fp32_param
 
-    from mixvlp_ds.model.export import save_pretrained
-
     state = {}
     for name, p in engine.module.named_parameters():
         full = safe_get_full_fp32_param(p)
         if info.is_main:
             state[name] = (p if full is None else full).detach().float().cpu()
     if info.is_main:
-        save_pretrained(engine.module, directory, tokenizer, state=state)
+        engine.module.save_pretrained(directory, tokenizer, state=state)
     dist.barrier()
 
 
