@@ -122,14 +122,14 @@ class Clock:
 
 
 def project_run(args, run, info, ds_path: Path, compiled: bool) -> dict:
-
+    """The launcher's path: build, build_engine, maybe_compile, the Trainer and its loop (no
+    checkpoints: they are not part of a step)."""
     import tempfile
 
     from mixvlp_ds.train.ds_config import load_ds_config
     from mixvlp_ds.train.engine import build_engine
-    from mixvlp_ds.train.loop import LoopState, train
-    from mixvlp_ds.train.metrics import StepMeter
     from mixvlp_ds.train.pretrain import build, maybe_compile, precision_support
+    from mixvlp_ds.train.trainer import Trainer
 
     run = copy.deepcopy(run)
     run.train.compile = compiled
@@ -138,16 +138,15 @@ def project_run(args, run, info, ds_path: Path, compiled: bool) -> dict:
     _, model, loader = build(run, info)
     engine = build_engine(model, ds, run.train)
     maybe_compile(engine, run.train, info.device, lambda m: None)
+    trainer = Trainer(run, info, engine, loader)
     clock = Clock(args.warmup, args.steps, info.device.type == "cuda")
-    meter = StepMeter(info.device, run.model.num_patches)
-    total = run.train.steps
 
     def on_step(st) -> None:
-        if st.step == total:
-            meter.read()  # the one host read of the losses: the run's last step
+        if st.step == run.train.steps:
+            trainer.meter.read()  # the one host read of the losses: the run's last step
         clock(st.step)
 
-    train(engine, loader, LoopState(), meter, total, 1000, on_step)
+    trainer.fit(on_step)
     precision = "bf16" if ds["bf16"]["enabled"] else "fp16" if ds["fp16"]["enabled"] else "fp32"
     return {"windows": clock.windows(), "precision": precision}
 

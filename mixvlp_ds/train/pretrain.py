@@ -6,9 +6,11 @@
     ... --ckpt-uri s3://bucket/runs/x            committed checkpoints on S3
     ... --resume auto | s3://bucket/runs/x | runs/x/checkpoints
 
-Builds the model, the data pipeline and the DeepSpeed engine, resumes when asked, trains for
-train.steps optimizer steps, and checkpoints every train.ckpt_every steps and at the end (see
-resume.py for what a checkpoint holds, checkpoint_store.py for the S3 commit protocol).
+Builds the parts (model, data pipeline, DeepSpeed engine: `build`, `build_engine`), puts them in a
+Trainer (trainer.py: the stateful parts and the loop) and a CheckpointManager (checkpoint.py: when,
+where and what to save, resume; checkpoint_store.py / s3sync.py: the S3 commit protocol;
+attempt.py: this attempt's hold on the prefix), resumes when asked, trains for train.steps
+optimizer steps, exports the fp32 weights, and ends with the final checkpoint committed.
 """
 
 from __future__ import annotations
@@ -46,39 +48,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def log0(info, msg: str) -> None:
     if info.is_main:
         print(msg, file=sys.stderr, flush=True)
-
-
-def find_resume(run: RunConfig, info, out_dir: Path) -> Path | None:
-    """Each node's local rank 0 fetches and verifies the checkpoint; all ranks must agree on it. A
-    failure there (nothing usable) is raised on every rank, not only on the one that saw it."""
-    from mixvlp_ds.train.checkpoint_store import NoUsableCheckpointError, fetch_for_resume, step_of
-
-    source = run.train.ckpt_uri if run.train.resume == "auto" else run.train.resume
-    dest = out_dir / "resume" / f"node{info.node_rank}"
-    chosen = dest / "CHOSEN.json"
-    if info.local_rank == 0:
-        dest.mkdir(parents=True, exist_ok=True)
-        try:
-            found = fetch_for_resume(source, dest, log=lambda m: print(f"[rank {info.rank}] {m}",
-                                                                       file=sys.stderr, flush=True))
-            if found is None and run.train.resume != "auto":
-                raise NoUsableCheckpointError(f"--resume {source}: no committed checkpoint there")
-            chosen.write_text(json.dumps({"dir": str(found[0]) if found else None}))
-        except Exception as e:  # noqa: BLE001 - handed to every rank of the node below
-            chosen.write_text(json.dumps({"error": f"{type(e).__name__}: {e}"}))
-    dist.barrier()
-    picked = json.loads(chosen.read_text())
-    if "error" in picked:
-        raise NoUsableCheckpointError(f"resume from {source}: {picked['error']}")
-    picked = picked["dir"]
-    steps = [None] * info.world_size
-    dist.all_gather_object(steps, step_of(Path(picked).name) if picked else -1)
-    if len(set(steps)) != 1:
-        raise RuntimeError(f"ranks chose different checkpoints to resume from: steps {steps}")
-    if picked is None:
-        log0(info, f"[resume] nothing committed at {source} yet: starting from scratch")
-        return None
-    return Path(picked)
 
 
 def existing_run(out_dir: Path) -> str | None:
@@ -141,16 +110,13 @@ def maybe_compile(engine, train_cfg, device: torch.device, log) -> bool:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    import numpy as np
-
-    from mixvlp_ds.model import flops_per_sample
-    from mixvlp_ds.train.attempt import check_final_commit, open_uploader, watch_launcher
+    """Set up the parts (model, data, engine, trainer, checkpoints, reporting), resume, train,
+    export, and end with the final checkpoint committed (see the module doc for the commands)."""
+    from mixvlp_ds.train.attempt import watch_launcher
+    from mixvlp_ds.train.checkpoint import CheckpointManager
     from mixvlp_ds.train.ds_config import load_ds_config
-    from mixvlp_ds.train.engine import build_engine, init_distributed, peak_flops
-    from mixvlp_ds.train.loop import LoopState, train
-    from mixvlp_ds.train.metrics import MetricsSink, StepMeter
-    from mixvlp_ds.train.progress import Progress
-    from mixvlp_ds.train.resume import restore_training_state, save_training_state
+    from mixvlp_ds.train.engine import build_engine, init_distributed
+    from mixvlp_ds.train.trainer import Trainer
 
     args = parse_args(argv)
     overrides = list(args.overrides)
@@ -167,65 +133,65 @@ def main(argv: list[str] | None = None) -> dict:
     refuse_existing_run(Path(t.output_dir), resuming=bool(t.resume), device=info.device)
     default_ds = "ds_configs/cpu.json" if info.device.type == "cpu" else "ds_configs/zero2.json"
     ds_path = args.deepspeed_config or default_ds  # a file, or a shipped config (mixvlp_ds.shipped)
-    bf16_ok, fp16_ok = precision_support(info.device)
-    ds_config = load_ds_config(ds_path, run, info.world_size, info.device.type, bf16_ok, fp16_ok)
-    out_dir, root = Path(t.output_dir), Path(t.output_dir) / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
+    ds_config = load_ds_config(ds_path, run, info.world_size, info.device.type,
+                               *precision_support(info.device))
 
     tokenizer, model, loader = build(run, info)
     engine = build_engine(model, ds_config, t)
     compiled = maybe_compile(engine, t, info.device, lambda m: log0(info, m))
-    torch.manual_seed(t.seed * 1000 + info.rank)  # dropout differs per rank from here on
-    np.random.seed((t.seed * 1000 + info.rank) % 2**32)
-    state = LoopState()
+    trainer = Trainer(run, info, engine, loader)
     # S3 first: fail fast when the prefix is unusable, and take it from any older attempt before resuming
-    uploader = open_uploader(run, info, root, lambda m: log0(info, m)) if t.ckpt_uri else None
-    if t.resume:
-        tag_dir = find_resume(run, info, out_dir)
-        if tag_dir is not None:
-            state = restore_training_state(engine, tag_dir, loader, info)
-            log0(info, f"[resume] continuing from {tag_dir} at step {state.step}")
-    precision = "bf16" if ds_config["bf16"]["enabled"] else "fp16" if ds_config["fp16"]["enabled"] else "fp32"
-    meter = StepMeter(info.device, run.model.num_patches)
-    sink = None
-    if info.is_main:
-        resolved = {"run": _plain(run), "deepspeed": ds_config}
-        (out_dir / "run_config.json").write_text(json.dumps(resolved, indent=1))
-        progress = Progress(t.steps, t.log_every, live=None if t.progress else False, start_step=state.step)
-        sink = MetricsSink(out_dir, t.steps, flops_per_sample(run.model),
-                           peak_flops(info.device, precision, t.peak_tflops), info.world_size, progress,
-                           t.tensorboard)
-        log0(info, f"[train] {info.world_size} rank(s) on {info.device.type}, {precision}, ZeRO stage "
-                   f"{ds_config.get('zero_optimization', {}).get('stage', 0)}, "
-                   f"{'compiled' if compiled else 'eager'}, global batch {t.batch_size} = "
-                   f"{run.data.batch_size} x {engine.gradient_accumulation_steps()} accum x "
-                   f"{info.world_size}, "
-                   f"steps {state.step} -> {t.steps}")
+    checkpoints = CheckpointManager(run, info, ds_config)
+    checkpoints.resume(trainer)
+    sink = open_reporting(run, info, ds_config, trainer, compiled) if info.is_main else None
 
-    def on_step(st: LoopState) -> None:
+    def on_step(st) -> None:
         if st.step % t.log_every == 0 or st.step == t.steps:
-            summary = meter.read()  # the only per-step host read of the losses, every log_every steps
+            summary = trainer.meter.read()  # the only host read of the losses, every log_every steps
             if sink is not None:
                 sink.log(st.step, summary, engine.get_lr()[0],
                          {"skipped_nonfinite": st.skipped_nonfinite, "skipped_overflow": st.skipped_overflow},
-                         meter.institutions)
-        if st.step % t.ckpt_every == 0 or st.step == t.steps:
-            save_training_state(engine, root, st.step, run, ds_config, run.tokenizer, loader, st, info,
-                                uploader, log=lambda m: log0(info, m))
+                         trainer.meter.institutions)
+        checkpoints.maybe_save(trainer)
 
     try:
-        state = train(engine, loader, state, meter, t.steps, t.max_nonfinite_in_row, on_step)
-        export_model(engine, ds_config, out_dir / "model", tokenizer, info)
+        trainer.fit(on_step)
+        export_model(engine, ds_config, Path(t.output_dir) / "model", tokenizer, info)
     finally:
         if sink is not None:
             sink.close()
-        if uploader is not None and uploader.busy():
-            log0(info, f"[checkpoint] waiting for the upload of {uploader.pending_tag} to finish")
-            uploader.wait()
-    check_final_commit(uploader, state.step, root, info.device)
-    return {"step": state.step, "skipped_nonfinite": state.skipped_nonfinite, "output_dir": str(out_dir),
-            "upload_errors": list(uploader.errors) if uploader else [],
-            "committed": list(uploader.committed) if uploader else []}
+        checkpoints.wait_for_upload()
+    checkpoints.finish(trainer)
+    up = checkpoints.uploader
+    return {"step": trainer.state.step, "skipped_nonfinite": trainer.state.skipped_nonfinite,
+            "output_dir": t.output_dir, "upload_errors": list(up.errors) if up else [],
+            "committed": list(up.committed) if up else []}
+
+
+def open_reporting(run, info, ds_config: dict, trainer, compiled: bool):
+    """Rank 0: the resolved config beside the run, the metrics sink with its progress display, and
+    the one-line banner of what is about to train."""
+    from mixvlp_ds.model import flops_per_sample
+    from mixvlp_ds.train.engine import peak_flops
+    from mixvlp_ds.train.metrics import MetricsSink
+    from mixvlp_ds.train.progress import Progress
+
+    t, out_dir = run.train, Path(run.train.output_dir)
+    precision = "bf16" if ds_config["bf16"]["enabled"] else "fp16" if ds_config["fp16"]["enabled"] else "fp32"
+    resolved = {"run": _plain(run), "deepspeed": ds_config}
+    (out_dir / "run_config.json").write_text(json.dumps(resolved, indent=1))
+    progress = Progress(t.steps, t.log_every, live=None if t.progress else False,
+                        start_step=trainer.state.step)
+    sink = MetricsSink(out_dir, t.steps, flops_per_sample(run.model),
+                       peak_flops(info.device, precision, t.peak_tflops), info.world_size, progress,
+                       t.tensorboard)
+    mode = "compiled" if compiled else "eager"
+    log0(info, f"[train] {info.world_size} rank(s) on {info.device.type}, {precision}, ZeRO stage "
+               f"{ds_config.get('zero_optimization', {}).get('stage', 0)}, {mode}, "
+               f"global batch {t.batch_size} = {run.data.batch_size} x "
+               f"{trainer.engine.gradient_accumulation_steps()} accum x {info.world_size}, "
+               f"steps {trainer.state.step} -> {t.steps}")
+    return sink
 
 
 def cli(argv: list[str] | None = None) -> int:
