@@ -42,7 +42,7 @@ sys.path.insert(0, str(REPO))
 WORDS = ("heart size normal lungs clear no effusion pneumothorax mild atelectasis left base cardiomegaly "
          "edema opacity right lobe stable tubes lines consolidation pleural").split()
 TINY = ["model.layers=4", "model.hidden=128", "model.heads=4", "model.intermediate=512",
-        "model.image_size=64", "model.block_size=4", "data.image_size=64", "model.vocab_size=2048"]
+        "model.image_size=64", "model.block_size=4", "model.vocab_size=2048"]
 
 
 def _noise(seed: int, size: int):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from mixvlp_ds.train.pretrain import cli  # noqa: E402
+from mixvlp_ds.train.pretrain import cli, exit_now  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(cli(sys.argv[1:]))
+    exit_now(cli(sys.argv[1:]))

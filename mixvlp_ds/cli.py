@@ -1,6 +1,6 @@
 """Console entry points (`mixvlp-finetune`, `mixvlp-evaluate`, `mixvlp-sweep`, `mixvlp-quickstart`):
 each program's `main()` with an exit status (mixvlp_ds.status). `mixvlp-pretrain` is
-`mixvlp_ds.train.pretrain:cli`, which adds 3 for checkpoint store failures; `mixvlp-shard` and
+`mixvlp_ds.train.pretrain:console`, which adds 3 for checkpoint store failures; `mixvlp-shard` and
 `mixvlp-tokenizer` return their own status."""
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ loader fills its last batch of an epoch up to B rows with them, so every batch h
     "patch_source":   list of 3 long (B, N_l), index into the level's B*N_l flattened patches of
                       the patch that replaces a masked one (its own index elsewhere).
     "has_image":      bool (B,)
-    "input_ids":      long (B, L), L <= 150: [CLS] tokens [SEP] [PAD]..., already MLM-masked
+    "input_ids":      long (B, L), L <= max_text_len (150): [CLS] tokens [SEP] [PAD]..., already MLM-masked
                       (BERT's rule, a fixed budget of masked words per row) when the loader masks
                       text. Rows without text hold [CLS] [SEP] [PAD]... so no row is all padding.
     "attention_mask": long (B, L), 1 for real tokens (incl. [CLS]/[SEP]), 0 for padding.
@@ -78,8 +78,8 @@ def check_batch(batch: Batch) -> int:
         if batch[k].shape != batch["input_ids"].shape:
             raise ValueError(f"{k} shape {tuple(batch[k].shape)} != input_ids "
                              f"{tuple(batch['input_ids'].shape)}")
-    if batch["input_ids"].shape[1] > 150:
-        raise ValueError("text longer than 150 tokens")
+    if batch["input_ids"].shape[1] > 512:
+        raise ValueError("text longer than 512 tokens (the model's position table)")
     for k in ("has_image", "has_text", "pair"):
         if batch[k].shape != (b,):
             raise ValueError(f"{k} must have shape ({b},)")

@@ -81,11 +81,13 @@ class DataConfig:
     shuffle_buffer: int = 1000      # tuples held for shuffling, per worker
     image_pool: int = 256           # images waiting for a random report, per worker
     report_pool: int = 1024         # reports to draw from, per institution and worker
+    # the next three belong to the model in a run config (RunConfig fills them from model.*); set
+    # them here only when the loader is used on its own
     mask_text_prob: float = 0.15
-    mask_text: bool = True
     max_text_len: int = 150
-    pad_to_max: bool = True         # fixed (B, max_text_len) shapes; False pads to the batch's longest
     image_size: int = 224
+    mask_text: bool = True
+    pad_to_max: bool = True         # fixed (B, max_text_len) shapes; False pads to the batch's longest
     label_space: str = "chexpert14"
     max_skip_fraction: float = 0.01  # abort when more than this share of records is skipped
     min_records_before_abort: int = 200
@@ -96,7 +98,6 @@ class DataConfig:
     s3_retries: int = 5             # read attempts of one shard byte range before it counts as failed
     s3_backoff: float = 0.5         # seconds, doubled after each failed attempt
     cache_dir: str = ""             # streaming backend: local cache of remote MDS shards
-    seed: int = 0
 
     def validate(self) -> None:
         if not self.sources:
@@ -113,8 +114,8 @@ class DataConfig:
         if self.batch_size < 1 or self.num_workers < 0 or self.shuffle_buffer < 1 or self.prefetch_factor < 1:
             raise ConfigError("data.batch_size >= 1, data.num_workers >= 0, data.shuffle_buffer >= 1, "
                               "data.prefetch_factor >= 1")
-        if not 2 <= self.max_text_len <= 150:
-            raise ConfigError(f"data.max_text_len must lie in [2, 150], got {self.max_text_len}")
+        if not 2 <= self.max_text_len <= 512:   # the model's bound (its position table)
+            raise ConfigError(f"data.max_text_len must lie in [2, 512], got {self.max_text_len}")
         if not is_label_space(self.label_space):
             raise ConfigError(f"data.label_space {self.label_space!r} unknown; known {sorted(LABEL_SPACES)} "
                               f"or 'custom:name,name,...'")

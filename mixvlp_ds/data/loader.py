@@ -277,7 +277,7 @@ class WdsRecords:
                                  f"data.backend wds reads 'wds' shards")
             if int(index.get("image_size", cfg.image_size)) != cfg.image_size:
                 raise ValueError(f"{s.uri}: shards have image_size {index['image_size']}, "
-                                 f"data.image_size is {cfg.image_size}")
+                                 f"the model's (data.image_size) is {cfg.image_size}")
             self.shards[s.name] = list_shards(s.uri, s.split, s.name, index)
         total = sum(len(v) for v in self.shards.values())
         if total < self.n_slots:

@@ -63,7 +63,7 @@ class MdsRecords:
                                  f"'mds' shards (python -m mixvlp_ds.shard --format mds)")
             if int(index["image_size"]) != cfg.image_size:
                 raise ValueError(f"{s.uri}: shards have image_size {index['image_size']}, "
-                                 f"data.image_size is {cfg.image_size}")
+                                 f"the model's (data.image_size) is {cfg.image_size}")
             if is_s3(s.uri):
                 cache = Path(cfg.cache_dir or os.path.expanduser("~/.cache/mixvlp_ds/mds")) / s.name / s.split
                 streams.append(streaming.Stream(remote=f"{s.uri.rstrip('/')}/{s.split}", local=str(cache)))

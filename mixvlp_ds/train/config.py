@@ -10,6 +10,11 @@
 
 The global batch is `train.batch_size` = data.batch_size x gradient accumulation x world size;
 accumulation is derived, and a batch size that does not divide is an error naming the numbers.
+
+One owner per value: the image size, the report length and the word mask ratio belong to the model
+(`model.image_size`, `model.max_text_len`, `model.text_mask_ratio`); the data pipeline reads them
+from there (`RunConfig.__post_init__` fills `data.image_size` / `max_text_len` / `mask_text_prob`),
+and writing them under `data:` in a run config is an error that names the model's key.
 """
 
 from __future__ import annotations
@@ -88,6 +93,11 @@ class TrainConfig:
             raise ConfigError(f"train.ckpt_uri must be an s3:// URI, got {self.ckpt_uri!r}")
 
 
+# data fields whose value the model owns: {data key: model key}
+MODEL_OWNED = {"image_size": "image_size", "max_text_len": "max_text_len",
+               "mask_text_prob": "text_mask_ratio"}
+
+
 @dataclass
 class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -96,13 +106,12 @@ class RunConfig:
     tokenizer: str = ""
     name: str = ""
 
+    def __post_init__(self) -> None:
+        for data_key, model_key in MODEL_OWNED.items():  # the data stage reads the model's values
+            setattr(self.data, data_key, getattr(self.model, model_key))
+
     def validate(self) -> None:
         m, d = self.model, self.data
-        pairs = [("image_size", m.image_size, d.image_size), ("max_text_len", m.max_text_len, d.max_text_len),
-                 ("text_mask_ratio/mask_text_prob", m.text_mask_ratio, d.mask_text_prob)]
-        for name, a, b in pairs:
-            if a != b:
-                raise ConfigError(f"model/data disagree on {name}: model has {a}, data has {b}")
         if not self.tokenizer:
             raise ConfigError("tokenizer: name a tokenizer directory "
                               "(python -m mixvlp_ds.text.tokenizer train)")
@@ -139,4 +148,9 @@ def load_run_config(path: str | Path | None, overrides: list[str] | None = None)
     """File, then overrides, then the model preset expansion; every section validated."""
     data = read_file(path) if path else {}
     apply_overrides(data, list(overrides or []))
-    return from_dict(RunConfig, expand_model_preset(data), where=str(path or "config"))
+    where = str(path or "config")
+    for data_key, model_key in MODEL_OWNED.items():
+        if data_key in (data.get("data") or {}):
+            raise ConfigError(f"{where}: data.{data_key} is the model's value: set model.{model_key} "
+                              f"(the data pipeline reads it from there)")
+    return from_dict(RunConfig, expand_model_preset(data), where=where)

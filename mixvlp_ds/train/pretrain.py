@@ -195,8 +195,8 @@ def open_reporting(run, info, ds_config: dict, trainer, compiled: bool):
 
 
 def cli(argv: list[str] | None = None) -> int:
-    """`launchers/pretrain.py` / `mixvlp-pretrain`: main() with a configuration error reported as one
-    line (exit status 2) instead of a traceback."""
+    """`launchers/pretrain.py` / `mixvlp-pretrain`: main() with an exit status (docs/training.md): 0
+    done, 2 a configuration error, 3 a checkpoint store failure, each reported as one line."""
     from mixvlp_ds.train.attempt import NotCommittedError
     from mixvlp_ds.train.checkpoint_store import NoUsableCheckpointError
     from mixvlp_ds.train.s3sync import FencedError, PreflightError
@@ -210,11 +210,24 @@ def cli(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return 3
     if dist.is_initialized():
-        # tear the process group down before the interpreter does: left to exit, gloo's threads
-        # were seen to abort a finished rank ("terminate called without an active exception")
         dist.barrier()
         dist.destroy_process_group()
     return 0
+
+
+def console() -> None:
+    """The `mixvlp-pretrain` console script."""
+    exit_now(cli(sys.argv[1:]))
+
+
+def exit_now(status: int) -> None:
+    """The launcher's way out of a finished run: everything is written, flushed and uploaded by now,
+    so leave without the interpreter's teardown, where the comm libraries' native threads were seen
+    to abort a finished rank now and then ("terminate called without an active exception", ZeRO-3
+    on 2 CPU ranks), which the launcher reports as a failure."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 def export_model(engine, ds_config: dict, directory: Path, tokenizer, info) -> None:
@@ -240,4 +253,4 @@ def _plain(run: RunConfig) -> dict:
 
 
 if __name__ == "__main__":  # python -m mixvlp_ds.train.pretrain (what the sweep and an installed package run)
-    sys.exit(cli(sys.argv[1:]))
+    exit_now(cli(sys.argv[1:]))

@@ -14,7 +14,7 @@ from PIL import Image
 from mixvlp_ds.apps import nih_regen
 from mixvlp_ds.apps.regeneration import disjoint_masks
 
-TINY = ["model.image_size=32", "data.image_size=32", "model.hidden=32", "model.layers=1", "model.heads=2",
+TINY = ["model.image_size=32", "model.hidden=32", "model.layers=1", "model.heads=2",
         "model.intermediate=64", "data.batch_size=4", "train.batch_size=4", "train.steps=2",
         "train.warmup_steps=1", "data.shuffle_buffer=8", "data.image_pool=4", "data.report_pool=4"]
 

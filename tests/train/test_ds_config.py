@@ -134,3 +134,12 @@ def test_overrides_may_stand_anywhere_on_the_command_line():
                        "ds.json", "train.lr=1e-3"])
     assert args.config == "x.yaml" and args.deepspeed_config == "ds.json"
     assert args.overrides == ["train.steps=2", "data.batch_size=4", "train.lr=1e-3"]
+
+
+def test_the_model_owns_image_size_text_length_and_mask_ratio():
+    r = run("model.image_size=64", "model.block_size=4", "model.max_text_len=96", "model.text_mask_ratio=0.2")
+    assert (r.data.image_size, r.data.max_text_len, r.data.mask_text_prob) == (64, 96, 0.2)
+    for key, owner in [("image_size", "image_size"), ("max_text_len", "max_text_len"),
+                       ("mask_text_prob", "text_mask_ratio")]:
+        with pytest.raises(ConfigError, match=rf"data.{key} is the model's value: set model.{owner}"):
+            run(f"data.{key}=32")
