@@ -88,15 +88,11 @@ def main(argv: list[str] | None = None) -> None:
     tok = train_tokenizer(shards["mimic-like"], out / "tokenizer")
 
     step("3/5 pre-training: tiny UWOX, Mix-up 2 (mimic-like paired 30% + rest re-paired + nih-like images)")
-    model_dir = out / "pretrain" / "model"
-    if (model_dir / "config.json").is_file():
-        print(f"{model_dir}: already pre-trained")
-    else:
-        from mixvlp_ds.train.pretrain import main as pretrain
+    from mixvlp_ds.train.pretrain import pretrain_once
 
-        pretrain(["--config", str(CONFIGS / PRETRAIN_CONFIG), f"tokenizer={tok}",
-                  f"train.output_dir={out / 'pretrain'}", f"train.steps={args.steps}",
-                  "train.log_every=50", *source_overrides(shards)])
+    model_dir, _ = pretrain_once(CONFIGS / PRETRAIN_CONFIG, out / "pretrain",
+                                 [f"tokenizer={tok}", f"train.steps={args.steps}", "train.log_every=50",
+                                  *source_overrides(shards)])
 
     from mixvlp_ds.apps.finetune import main as finetune
     from mixvlp_ds.evaluate import main as evaluate

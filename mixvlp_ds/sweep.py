@@ -29,8 +29,6 @@ import argparse
 import json
 import multiprocessing as mp
 import os
-import shutil
-import subprocess
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -93,32 +91,14 @@ def scenario_sources(cfg: SweepConfig, scenario: str) -> list[str]:
 
 
 def run_pretrain(cfg: SweepConfig, scenario: str, percent: float, seed: int, out: Path) -> Path:
-    """Pre-train one cell in a fresh process (DeepSpeed state never leaks between cells);
-    returns the exported MixVLP directory <out>/model."""
-    model_dir = out / "model"
-    if (model_dir / "config.json").is_file():
-        print(f"[sweep] {scenario} P{percent:g}: pre-trained model exists, reusing {model_dir}")
-        return model_dir
-    if out.exists():  # an earlier attempt stopped before exporting: this cell starts over
-        print(f"[sweep] {scenario} P{percent:g}: removing the unfinished pre-training in {out}")
-        shutil.rmtree(out)
-    cmd = [sys.executable, "-m", "mixvlp_ds.train.pretrain", "--config", cfg.pretrain_config]
-    if cfg.deepspeed_config:
-        cmd += ["--deepspeed_config", cfg.deepspeed_config]
-    cmd += [*cfg.pretrain_overrides, *scenario_sources(cfg, scenario),
-            f"data.scenario={PRETRAIN_SCENARIO[scenario]}",
-            f"data.paired_percent={percent:g}", f"data.subset_seed={seed}", f"train.seed={seed}",
-            f"train.output_dir={out}", "train.progress=false"]
-    print(f"[sweep] {scenario} P{percent:g}: pre-training: {' '.join(cmd)}", flush=True)
-    env = dict(os.environ)
-    env.setdefault("DS_ACCELERATOR", "cpu")
-    proc = subprocess.run(cmd, env=env)
-    if proc.returncode != 0:
-        raise RuntimeError(f"pre-training of {scenario} P{percent:g} failed (exit {proc.returncode}); "
-                           f"its output is above, its files in {out}")
-    if not (model_dir / "config.json").is_file():
-        raise RuntimeError(f"pre-training of {scenario} P{percent:g} exported no model to {model_dir}")
-    return model_dir
+    """Pre-train one cell (in this process: `pretrain_once`); returns the exported model <out>/model."""
+    from mixvlp_ds.train.pretrain import pretrain_once
+
+    overrides = [*cfg.pretrain_overrides, *scenario_sources(cfg, scenario),
+                 f"data.scenario={PRETRAIN_SCENARIO[scenario]}", f"data.paired_percent={percent:g}",
+                 f"data.subset_seed={seed}", f"train.seed={seed}", "train.progress=false"]
+    return pretrain_once(cfg.pretrain_config, out, overrides, cfg.deepspeed_config,
+                         log=lambda m: print(f"[sweep] {scenario} P{percent:g}: {m}", flush=True))[0]
 
 
 def default_tokenizer(cfg: SweepConfig) -> str:
@@ -221,7 +201,7 @@ def run_sweep(cfg: SweepConfig) -> dict:
 
 def _share_cores(threads: int) -> None:
     """Worker set-up: `jobs` cells share the cores (OpenMP oversubscription made tiny-model steps
-    60x slower, see train/engine.py); the pre-training subprocess inherits the variable."""
+    60x slower, see train/engine.py); a program's own environment, set in the worker it starts."""
     import torch
 
     os.environ["OMP_NUM_THREADS"] = str(threads)

@@ -13,8 +13,8 @@ evaluates again; `--fresh` redoes everything):
 2. a held-out check: no patient of the evaluated split has an image in the training split
    (pre-training reads `split: train` only), else it stops;
 3. a tokenizer (UWOX has a text embedding; image-only rows never use it);
-4. pre-training: `mixvlp_ds.train.pretrain.main` on `configs/nih_regen_pretrain.yaml` with the
-   paths filled in (written to `<out>/pretrain_config.yaml`);
+4. pre-training: `mixvlp_ds.train.pretrain.pretrain_once` on `configs/nih_regen_pretrain.yaml`,
+   its sources pointed at the shards by overrides (the command is in summary.json);
 5. evaluation on the held-out split: the model row is `mixvlp_ds.evaluate.eval_regen` (the same
    code as `python -m mixvlp_ds.evaluate --task regen`), recomputed here with the same masks to add
    two references that need no training, scored on the same images:
@@ -148,29 +148,16 @@ def make_tokenizer(out: Path) -> str:
 
 
 def pretrain(config: Path, out: Path, shards: dict, tokenizer: str, overrides: list[str]) -> tuple[Path, str]:
-    """Fill the config's paths, write it to <out>/pretrain_config.yaml and train (skipped when
-    <out>/pretrain/model exists). Returns (model dir, the command line)."""
-    import yaml
+    """Pre-train on this run's shards (`pretrain_once`, skipped when <out>/pretrain/model exists):
+    the config's sources pointed at them by overrides. Returns (model dir, the command line)."""
+    from mixvlp_ds.config import read_file
+    from mixvlp_ds.train.pretrain import pretrain_once
 
-    from mixvlp_ds.train.pretrain import main as pretrain_main
-
-    raw = yaml.safe_load(config.read_text())
-    raw["tokenizer"] = tokenizer
-    raw["train"]["output_dir"] = str(out / "pretrain")
     uris = {"nih": shards["nih"]["dir"], "nih-like": shards["nih-like"]["dir"]}
-    for src in raw["data"]["sources"]:
-        src["uri"] = uris[src["name"]]
-    resolved = out / "pretrain_config.yaml"
-    resolved.write_text(f"# {config} with this run's paths (written by mixvlp_ds.apps.nih_regen)\n"
-                        + yaml.safe_dump(raw, sort_keys=False))
-    argv = ["--config", str(resolved), *overrides]
-    model_dir = out / "pretrain" / "model"
-    if not (model_dir / "config.json").is_file():
-        if (out / "pretrain").exists():  # an earlier attempt stopped before exporting: start over
-            print(f"[nih_regen] removing the unfinished pre-training in {out / 'pretrain'}")
-            shutil.rmtree(out / "pretrain")
-        pretrain_main(argv)
-    return model_dir, "python launchers/pretrain.py " + " ".join(argv)
+    sources = [f"data.sources.{i}.uri={uris[src['name']]}"
+               for i, src in enumerate(read_file(config)["data"]["sources"])]
+    return pretrain_once(config, out / "pretrain", [f"tokenizer={tokenizer}", *sources, *overrides],
+                         log=lambda m: print(f"[nih_regen] {m}", flush=True))
 
 
 def evaluate(model_dir: Path, nih_shards: str, split: str, out: Path, num_images: int, grids: int,

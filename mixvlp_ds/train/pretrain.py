@@ -215,6 +215,32 @@ def cli(argv: list[str] | None = None) -> int:
     return 0
 
 
+def pretrain_once(config: str | Path, out_dir: str | Path, overrides: list[str],
+                  deepspeed_config: str = "", log=print) -> tuple[Path, str]:
+    """The applications' one way to pre-train (quickstart, sweep, nih_regen), in this process:
+    `<out_dir>/model` when an earlier call exported it already; otherwise main() with the config,
+    the overrides and train.output_dir=out_dir, after removing an unfinished earlier attempt (said
+    so). Returns (the exported model directory, the equivalent command line)."""
+    import shutil
+
+    out_dir = Path(out_dir)
+    argv = ["--config", str(config), *(["--deepspeed_config", deepspeed_config] if deepspeed_config else []),
+            *overrides, f"train.output_dir={out_dir}"]
+    command = "python launchers/pretrain.py " + " ".join(argv)
+    model_dir = out_dir / "model"
+    if (model_dir / "config.json").is_file():
+        log(f"{model_dir}: already pre-trained, reused")
+        return model_dir, command
+    if out_dir.exists():  # an earlier attempt stopped before exporting: start over
+        log(f"removing the unfinished pre-training in {out_dir}")
+        shutil.rmtree(out_dir)
+    log(f"pre-training: {command}")
+    main(argv)
+    if not (model_dir / "config.json").is_file():
+        raise RuntimeError(f"pre-training exported no model to {model_dir}")
+    return model_dir, command
+
+
 def console() -> None:
     """The `mixvlp-pretrain` console script."""
     exit_now(cli(sys.argv[1:]))
