@@ -28,18 +28,11 @@ from mixvlp_ds.apps.classification import (
     feature_dim,
     pooled_features,
 )
-from mixvlp_ds.apps.finetune import (
-    HEAD_INFO,
-    FinetuneConfig,
-    Rows,
-    check_same_label_space,
-    load_split_samples,
-    make_pool,
-    usable,
-)
 from mixvlp_ds.apps.hashing import HashHead
+from mixvlp_ds.apps.heads import HEAD_INFO, make_pool
 from mixvlp_ds.apps.loop import predict
 from mixvlp_ds.apps.retrieval import KS, evaluate_codes
+from mixvlp_ds.apps.rows import Rows, check_same_label_space, fetch_model_dir, labelled_samples, usable
 
 
 def _load(model_dir: Path):
@@ -59,9 +52,9 @@ def _load_with_rows(model_dir: Path, shards: str, split: str, max_samples: int):
     model, tok, info = _load(model_dir)
     check_same_label_space(info["label_space"], shards, f"the head in {model_dir}")
     pool = make_pool(model, info["side"], info.get("pool", "mean"), info.get("pool_level", 1))
-    cfg = FinetuneConfig(shards=shards, label_space=info["label_space"], max_eval_samples=max_samples)
-    ev = Rows(usable(load_split_samples(cfg, split, False), model.cfg.fusion, info["side"]), tok,
-              info["label_space"], model.cfg.max_text_len, model.cfg.image_size)
+    samples = labelled_samples(shards, split, info["label_space"], max_samples)
+    ev = Rows(usable(samples, model.cfg.fusion, info["side"]), tok, info["label_space"],
+              model.cfg.max_text_len, model.cfg.image_size)
     return model, info, pool, ev
 
 
@@ -102,7 +95,6 @@ def eval_regen(checkpoint: str, shards: str, split: str, out: Path, num_images: 
     """Regeneration metrics of one pre-trained model over the first `num_images` images of a split."""
     import tempfile
 
-    from mixvlp_ds.apps.finetune import fetch_model_dir
     from mixvlp_ds.apps.regeneration import image_metrics, regenerate_images, save_grid
     from mixvlp_ds.data.reader import iter_samples
     from mixvlp_ds.model import MixVLP

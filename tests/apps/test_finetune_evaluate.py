@@ -33,9 +33,10 @@ def test_cls_from_checkpoint_then_evaluate_alone(apps_assets, tmp_path):
 
 
 def test_percent_selects_patients(apps_assets, tmp_path):
-    cfg = finetune.FinetuneConfig(shards=apps_assets["shards"], percent=30)
-    part = finetune.load_split_samples(cfg, "train", True)
-    full = finetune.load_split_samples(finetune.FinetuneConfig(shards=apps_assets["shards"]), "train", True)
+    from mixvlp_ds.apps.rows import labelled_samples
+
+    part = labelled_samples(apps_assets["shards"], "train", percent=30)
+    full = labelled_samples(apps_assets["shards"], "train")
     assert 0 < len(part) < len(full)
     from mixvlp_ds.data.subset import in_paired_subset
     assert all(in_paired_subset(s["patient_id"], 30, 0) for s in part)
