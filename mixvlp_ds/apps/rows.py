@@ -70,19 +70,19 @@ class Rows:
     """Samples held in memory, collated on demand by row index."""
 
     def __init__(self, samples: list[dict], tokenizer, label_space: str, max_text_len: int, image_size: int):
-        from mixvlp_ds.data.collate import collate
+        from mixvlp_ds.data.collate import BatchSpec
 
         self.samples, self.tok, self.space = samples, tokenizer, label_space
-        self.collate, self.max_len, self.image_size = collate, max_text_len, image_size
+        self.spec = BatchSpec(label_space, image_size, max_text_len, pad_to_max=False)
         self.labels = np.stack([np.asarray(s["labels"], np.float32) for s in samples])
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def batch(self, rows) -> dict:
-        return self.collate([self.samples[i] for i in rows], self.tok, mask_text=False,
-                            label_space=self.space, image_size=self.image_size,
-                            max_text_len=self.max_len, pad_to_max=False)
+        from mixvlp_ds.data.collate import collate
+
+        return collate([self.samples[i] for i in rows], self.tok, self.spec)
 
 
 def check_same_label_space(space: str, shards: str, what: str) -> None:

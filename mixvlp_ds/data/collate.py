@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
@@ -14,22 +15,42 @@ from mixvlp_ds.text.masking import mask_tokens, tokenizer_mask_args
 from mixvlp_ds.text.tokenizer import MAX_LENGTH
 
 
-def collate(samples: list[dict], tokenizer, mask_text: bool = False, label_space: str = "chexpert14",
-            image_size: int | None = None, max_text_len: int = MAX_LENGTH, mask_prob: float = 0.15,
-            pad_to_max: bool = True, generator: torch.Generator | None = None,
-            patch_masking: PatchMasking | None = None) -> Batch:
-    """Stack decoded rows into a batch.
+@dataclass(frozen=True)
+class BatchSpec:
+    """What a batch is made to: its label space, image size, report length and padding, and whether
+    its words are masked (at which rate) and its patch masks drawn. The pre-training loader's comes
+    from its DataConfig (`for_pretraining`); fine-tuning's masks nothing and pads to the longest."""
+
+    label_space: str = "chexpert14"
+    image_size: int | None = None            # None: the first image's
+    max_text_len: int = MAX_LENGTH
+    pad_to_max: bool = True                  # (B, max_text_len); False: the batch's longest report
+    mask_text: bool = False
+    mask_prob: float = 0.15
+    patch_masking: PatchMasking | None = None
+
+    @classmethod
+    def for_pretraining(cls, cfg, patch_masking: PatchMasking | None) -> BatchSpec:
+        """cfg: a DataConfig."""
+        return cls(cfg.label_space, cfg.image_size, cfg.max_text_len, cfg.pad_to_max, cfg.mask_text,
+                   cfg.mask_text_prob, patch_masking)
+
+
+def collate(samples: list[dict], tokenizer, spec: BatchSpec = BatchSpec(),
+            generator: torch.Generator | None = None) -> Batch:
+    """Stack decoded rows into a batch made to `spec`.
 
     samples: dicts with "pyramid" (3 uint8 arrays finest first, or None), "text" (str or None),
-    "labels" (float32 (K,) in `label_space`), "key", "institution", "patient_id", and optionally
+    "labels" (float32 (K,) in the label space), "key", "institution", "patient_id", and optionally
     "pair" (default 1.0 when both sides are present) and "text_key" (default: "key"); a row
     with neither image nor text is padding (`padding_row`). `iter_samples` rows fit as they are
-    (fine-tuning); the pre-training loader adds pair/text_key, masks words (`mask_text`) and
-    draws the patch masks (`patch_masking`), both from `generator`.
+    (fine-tuning); the pre-training loader adds pair/text_key. Word masks and patch masks are drawn
+    from `generator`.
     """
     b = len(samples)
     if b == 0:
         raise ValueError("collate of an empty list")
+    image_size, label_space = spec.image_size, spec.label_space
     if image_size is None:
         first = next((s["pyramid"] for s in samples if s.get("pyramid") is not None), None)
         image_size = first[0].shape[0] if first is not None else 224
@@ -44,10 +65,10 @@ def collate(samples: list[dict], tokenizer, mask_text: bool = False, label_space
             has_image[i] = True
         has_text[i] = s.get("text") is not None
     texts = [s["text"] if s.get("text") is not None else "" for s in samples]
-    input_ids, attention_mask = tokenize(tokenizer, texts, max_text_len, pad_to_max)
+    input_ids, attention_mask = tokenize(tokenizer, texts, spec.max_text_len, spec.pad_to_max)
     mlm_labels = torch.full_like(input_ids, -100)
-    if mask_text:
-        masked, labels = mask_tokens(input_ids, attention_mask, prob=mask_prob, generator=generator,
+    if spec.mask_text:
+        masked, labels = mask_tokens(input_ids, attention_mask, prob=spec.mask_prob, generator=generator,
                                      **tokenizer_mask_args(tokenizer))
         rows = has_text[:, None]
         input_ids = torch.where(rows, masked, input_ids)
@@ -57,9 +78,9 @@ def collate(samples: list[dict], tokenizer, mask_text: bool = False, label_space
                                         for s in samples])) if k else torch.zeros(b, 0)
     pair = torch.tensor([float(s.get("pair", 1.0)) if (has_image[i] and has_text[i]) else 0.0
                          for i, s in enumerate(samples)], dtype=torch.float32)
-    if patch_masking is not None:
-        patch_mask, patch_source = draw_patch_masks(has_image, patch_masking.patches_per_level,
-                                                    patch_masking.ratio, generator)
+    if spec.patch_masking is not None:
+        patch_mask, patch_source = draw_patch_masks(has_image, spec.patch_masking.patches_per_level,
+                                                    spec.patch_masking.ratio, generator)
     batch: Batch = {
         "pyramid": [torch.from_numpy(level) for level in pyramid],
         "has_image": has_image,
@@ -74,7 +95,7 @@ def collate(samples: list[dict], tokenizer, mask_text: bool = False, label_space
         "institution": [s["institution"] for s in samples],
         "patient_id": [s["patient_id"] for s in samples],
     }
-    if patch_masking is not None:
+    if spec.patch_masking is not None:
         batch["patch_mask"], batch["patch_source"] = patch_mask, patch_source
     return batch
 

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from mixvlp_ds.data.collate import collate, padding_row
+from mixvlp_ds.data.collate import BatchSpec, collate, padding_row
 from mixvlp_ds.data.config import DataConfig, resolve_sources
 from mixvlp_ds.data.dealing import deal_shards, interleave, seeded
 from mixvlp_ds.data.faults import FaultCounter
@@ -60,7 +60,7 @@ class SlotStream:
                  seed: int, patch_masking: PatchMasking | None = None):
         self.cfg, self.tokenizer, self.records_fn = cfg, tokenizer, records_fn
         self.epoch, self.slot, self.worker, self.skip, self.seed = epoch, slot, worker, skip, seed
-        self.patch_masking = patch_masking
+        self.spec = BatchSpec.for_pretraining(cfg, patch_masking)
         self.faults = FaultCounter(cfg.max_skip_fraction, cfg.min_records_before_abort, cfg.skip_log,
                                    where=f"[data slot {slot} epoch {epoch}] ")
 
@@ -113,10 +113,7 @@ class SlotStream:
     def _batch(self, rows, tuples, start: int, consumed: int, sampler: MixingSampler) -> dict:
         gen = torch.Generator().manual_seed(int(seeded(self.seed, self.epoch, self.slot, start, 23)
                                                 .integers(2**62)))
-        batch = collate(rows, self.tokenizer, mask_text=self.cfg.mask_text, label_space=self.cfg.label_space,
-                        image_size=self.cfg.image_size, max_text_len=self.cfg.max_text_len,
-                        mask_prob=self.cfg.mask_text_prob, pad_to_max=self.cfg.pad_to_max, generator=gen,
-                        patch_masking=self.patch_masking)
+        batch = collate(rows, self.tokenizer, self.spec, gen)
         batch["shares"] = batch_shares(tuples, [s.institution for s in self.cfg.sources])
         batch["_worker"], batch["_consumed"] = self.worker, consumed
         batch["_faults"], batch["_counts"] = self.faults.as_dict(), dict(sampler.counts)
