@@ -138,16 +138,6 @@ def tfidf_baseline(train_texts, y_train, test_texts, y_test, opts: Options) -> d
 # ----------------------------------------------------------------------------- the project's encoder
 
 
-def _text_batch(ids: torch.Tensor, att: torch.Tensor) -> dict:
-    """A text-only batch in the batch contract (mixvlp_ds/data/batch.py): no pyramid, so the
-    model encodes the text side alone."""
-    b = ids.shape[0]
-    return {"has_image": torch.zeros(b, dtype=torch.bool), "has_text": torch.ones(b, dtype=torch.bool),
-            "input_ids": ids, "attention_mask": att, "pair": torch.zeros(b),
-            "labels": torch.zeros(b, 0), "key": [""] * b, "text_key": [""] * b,
-            "institution": [""] * b, "patient_id": [""] * b}
-
-
 def _trim(ids: torch.Tensor, att: torch.Tensor):
     """Drop the all-padding tail columns of a batch (CPU time is spent per token)."""
     n = int(att.sum(1).max())
@@ -155,8 +145,8 @@ def _trim(ids: torch.Tensor, att: torch.Tensor):
 
 
 def encoder_benchmark(train_texts, y_train, test_texts, y_test, opts: Options, out_dir: Path) -> dict:
+    from mixvlp_ds.data.collate import BatchSpec, collate
     from mixvlp_ds.model import MixVLP, ModelConfig
-    from mixvlp_ds.text.masking import mask_tokens, tokenizer_mask_args
     from mixvlp_ds.text.tokenizer import train_tokenizer
 
     t_start = time.time()
@@ -175,16 +165,17 @@ def encoder_benchmark(train_texts, y_train, test_texts, y_test, opts: Options, o
                              dropout=0.1, attention_dropout=0.1)
     model = MixVLP(cfg)
     init_state = copy.deepcopy(model.state_dict())
-    mask_args = tokenizer_mask_args(tok)
     gen = torch.Generator().manual_seed(opts.seed)
 
-    # 1. MLM pre-training on the training reports (L_txt only: text-only rows, no image, no L_co).
+    # 1. MLM pre-training on the training reports (L_txt only: text-only rows, no image, no L_co),
+    # batches made by the data pipeline's collate: words masked as in pre-training, no pyramid
+    spec = BatchSpec(label_space="none", max_text_len=opts.max_len, pad_to_max=False, mask_text=True,
+                     images=False)
+    rows_tr = [{"text": t, "labels": (), "key": "", "institution": "openi", "patient_id": ""}
+               for t in train_texts]
+
     def mlm_loss(rows):
-        ids, att = _trim(ids_tr[rows], att_tr[rows])
-        masked, labels = mask_tokens(ids, att, generator=gen, **mask_args)
-        batch = _text_batch(masked, att)
-        batch["mlm_labels"] = labels
-        return model(batch)["L_txt"]
+        return model(collate([rows_tr[i] for i in rows], tok, spec, gen))["L_txt"]
 
     mlm = fit([model], mlm_loss, len(train_texts), epochs=opts.mlm_epochs, batch_size=opts.batch_size,
               lr=opts.mlm_lr, seed=opts.seed, name="mlm", max_seconds=opts.time_budget_s * 0.45 or None,

@@ -28,6 +28,7 @@ class BatchSpec:
     mask_text: bool = False
     mask_prob: float = 0.15
     patch_masking: PatchMasking | None = None
+    images: bool = True                      # False: a text-only batch, no pyramid (text-only models)
 
     @classmethod
     def for_pretraining(cls, cfg, patch_masking: PatchMasking | None) -> BatchSpec:
@@ -50,20 +51,11 @@ def collate(samples: list[dict], tokenizer, spec: BatchSpec = BatchSpec(),
     b = len(samples)
     if b == 0:
         raise ValueError("collate of an empty list")
-    image_size, label_space = spec.image_size, spec.label_space
-    if image_size is None:
-        first = next((s["pyramid"] for s in samples if s.get("pyramid") is not None), None)
-        image_size = first[0].shape[0] if first is not None else 224
-    sizes = level_sizes(image_size)
-    pyramid = [np.zeros((b, s, s), dtype=np.uint8) for s in sizes]
-    has_image = torch.zeros(b, dtype=torch.bool)
-    has_text = torch.zeros(b, dtype=torch.bool)
-    for i, s in enumerate(samples):
-        if s.get("pyramid") is not None:
-            for level, arr in zip(pyramid, s["pyramid"], strict=True):
-                level[i] = arr
-            has_image[i] = True
-        has_text[i] = s.get("text") is not None
+    if spec.images:
+        pyramid, has_image = _stack_images(samples, spec.image_size)
+    else:
+        pyramid, has_image = None, torch.zeros(b, dtype=torch.bool)
+    has_text = torch.tensor([s.get("text") is not None for s in samples], dtype=torch.bool)
     texts = [s["text"] if s.get("text") is not None else "" for s in samples]
     input_ids, attention_mask = tokenize(tokenizer, texts, spec.max_text_len, spec.pad_to_max)
     mlm_labels = torch.full_like(input_ids, -100)
@@ -73,31 +65,40 @@ def collate(samples: list[dict], tokenizer, spec: BatchSpec = BatchSpec(),
         rows = has_text[:, None]
         input_ids = torch.where(rows, masked, input_ids)
         mlm_labels = torch.where(rows, labels, mlm_labels)
-    k = len(label_names(label_space))
+    k = len(label_names(spec.label_space))
     labels = torch.from_numpy(np.stack([np.asarray(s["labels"], dtype=np.float32).reshape(k)
                                         for s in samples])) if k else torch.zeros(b, 0)
     pair = torch.tensor([float(s.get("pair", 1.0)) if (has_image[i] and has_text[i]) else 0.0
                          for i, s in enumerate(samples)], dtype=torch.float32)
-    if spec.patch_masking is not None:
-        patch_mask, patch_source = draw_patch_masks(has_image, spec.patch_masking.patches_per_level,
-                                                    spec.patch_masking.ratio, generator)
     batch: Batch = {
-        "pyramid": [torch.from_numpy(level) for level in pyramid],
-        "has_image": has_image,
-        "input_ids": input_ids,
-        "attention_mask": attention_mask,
-        "mlm_labels": mlm_labels,
-        "has_text": has_text,
-        "pair": pair,
-        "labels": labels,
+        "has_image": has_image, "input_ids": input_ids, "attention_mask": attention_mask,
+        "mlm_labels": mlm_labels, "has_text": has_text, "pair": pair, "labels": labels,
         "key": [s["key"] for s in samples],
         "text_key": [s.get("text_key", s["key"]) if s.get("text") is not None else "" for s in samples],
         "institution": [s["institution"] for s in samples],
         "patient_id": [s["patient_id"] for s in samples],
     }
+    if pyramid is not None:
+        batch["pyramid"] = pyramid
     if spec.patch_masking is not None:
-        batch["patch_mask"], batch["patch_source"] = patch_mask, patch_source
+        batch["patch_mask"], batch["patch_source"] = draw_patch_masks(
+            has_image, spec.patch_masking.patches_per_level, spec.patch_masking.ratio, generator)
     return batch
+
+
+def _stack_images(samples: list[dict], image_size: int | None) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """The uint8 pyramid of the batch (zeros where a row has no image) and has_image (B,)."""
+    if image_size is None:
+        first = next((s["pyramid"] for s in samples if s.get("pyramid") is not None), None)
+        image_size = first[0].shape[0] if first is not None else 224
+    pyramid = [np.zeros((len(samples), n, n), dtype=np.uint8) for n in level_sizes(image_size)]
+    has_image = torch.zeros(len(samples), dtype=torch.bool)
+    for i, s in enumerate(samples):
+        if s.get("pyramid") is not None:
+            for level, arr in zip(pyramid, s["pyramid"], strict=True):
+                level[i] = arr
+            has_image[i] = True
+    return [torch.from_numpy(level) for level in pyramid], has_image
 
 
 def padding_row(label_space: str) -> dict:
