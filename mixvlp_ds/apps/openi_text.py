@@ -144,117 +144,144 @@ def _trim(ids: torch.Tensor, att: torch.Tensor):
     return ids[:, :n], att[:, :n]
 
 
-def encoder_benchmark(train_texts, y_train, test_texts, y_test, opts: Options, out_dir: Path) -> dict:
-    from mixvlp_ds.data.collate import BatchSpec, collate
-    from mixvlp_ds.model import MixVLP, ModelConfig
-    from mixvlp_ds.text.tokenizer import train_tokenizer
+class EncoderBench:
+    """The project's text encoder on the OpenI reports, beside its no-pre-training references, in the
+    order the figures depend on (each step draws from torch's global RNG after the previous one):
+    MLM pre-training -> frozen features + LR (pre-trained, then random init) -> fine-tuning from the
+    pre-trained encoder, then from the random init (cls_repeats each) -> hash fine-tuning."""
 
-    t_start = time.time()
-    budget = opts.time_budget_s or float("inf")
-    torch.manual_seed(opts.seed)
-    tok = train_tokenizer(train_texts, out_dir / "tokenizer", vocab_size=opts.vocab_size)
-    enc_tr = tok(list(train_texts), max_length=opts.max_len, truncation=True, padding="max_length",
-                 return_tensors="pt")
-    enc_te = tok(list(test_texts), max_length=opts.max_len, truncation=True, padding="max_length",
-                 return_tensors="pt")
-    ids_tr, att_tr = enc_tr["input_ids"].long(), enc_tr["attention_mask"].long()
-    ids_te, att_te = enc_te["input_ids"].long(), enc_te["attention_mask"].long()
-    lengths = att_tr.sum(1).numpy()
-    cfg = ModelConfig.preset("tiny", arch="uwox", vocab_size=len(tok), hidden=opts.hidden, layers=opts.layers,
-                             heads=opts.heads, intermediate=opts.intermediate, max_text_len=opts.max_len,
-                             dropout=0.1, attention_dropout=0.1)
-    model = MixVLP(cfg)
-    init_state = copy.deepcopy(model.state_dict())
-    gen = torch.Generator().manual_seed(opts.seed)
+    def __init__(self, train_texts, y_train, test_texts, y_test, opts: Options, out_dir: Path):
+        from mixvlp_ds.model import MixVLP, ModelConfig
+        from mixvlp_ds.text.tokenizer import train_tokenizer
 
-    # 1. MLM pre-training on the training reports (L_txt only: text-only rows, no image, no L_co),
-    # batches made by the data pipeline's collate: words masked as in pre-training, no pyramid
-    spec = BatchSpec(label_space="none", max_text_len=opts.max_len, pad_to_max=False, mask_text=True,
-                     images=False)
-    rows_tr = [{"text": t, "labels": (), "key": "", "institution": "openi", "patient_id": ""}
-               for t in train_texts]
+        self.t_start, self.opts, self.out_dir = time.time(), opts, out_dir
+        self.train_texts, self.y_train, self.y_test = train_texts, y_train, y_test
+        self.n_test = len(test_texts)
+        torch.manual_seed(opts.seed)
+        self.tok = train_tokenizer(train_texts, out_dir / "tokenizer", vocab_size=opts.vocab_size)
+        self.ids = {"train": self._encode(train_texts), "test": self._encode(test_texts)}
+        self.lengths = self.ids["train"][1].sum(1).numpy()
+        self.cfg = ModelConfig.preset("tiny", arch="uwox", vocab_size=len(self.tok), hidden=opts.hidden,
+                                      layers=opts.layers, heads=opts.heads, intermediate=opts.intermediate,
+                                      max_text_len=opts.max_len, dropout=0.1, attention_dropout=0.1)
+        self.model = MixVLP(self.cfg)
+        self.init_state = copy.deepcopy(self.model.state_dict())
+        self.pre_dir = out_dir / "pretrained"
 
-    def mlm_loss(rows):
-        return model(collate([rows_tr[i] for i in rows], tok, spec, gen))["L_txt"]
+    def _encode(self, texts) -> tuple[torch.Tensor, torch.Tensor]:
+        enc = self.tok(list(texts), max_length=self.opts.max_len, truncation=True, padding="max_length",
+                       return_tensors="pt")
+        return enc["input_ids"].long(), enc["attention_mask"].long()
 
-    mlm = fit([model], mlm_loss, len(train_texts), epochs=opts.mlm_epochs, batch_size=opts.batch_size,
-              lr=opts.mlm_lr, seed=opts.seed, name="mlm", max_seconds=opts.time_budget_s * 0.45 or None,
-              lengths=lengths)
-    pre_dir = out_dir / "pretrained"
-    model.save_pretrained(pre_dir, tok)
+    def seconds_left(self) -> float | None:
+        o = self.opts
+        return max(60.0, o.time_budget_s - (time.time() - self.t_start)) if o.time_budget_s else None
 
-    def pooled(m, ids_all, att_all):
-        def f(rows):
-            ids, att = _trim(ids_all[rows], att_all[rows])
-            return m.pooled_text(ids, att)
-        return f
+    def pretrain_mlm(self) -> dict:
+        """MLM on the training reports (L_txt only: text-only rows), batches made by the data
+        pipeline's collate with words masked as in pre-training and no pyramid."""
+        from mixvlp_ds.data.collate import BatchSpec, collate
 
-    def frozen_lr(m) -> dict:
+        o = self.opts
+        spec = BatchSpec(label_space="none", max_text_len=o.max_len, pad_to_max=False, mask_text=True,
+                         images=False)
+        rows = [{"text": t, "labels": (), "key": "", "institution": "openi", "patient_id": ""}
+                for t in self.train_texts]
+        gen = torch.Generator().manual_seed(o.seed)
+
+        def loss(batch_rows):
+            return self.model(collate([rows[i] for i in batch_rows], self.tok, spec, gen))["L_txt"]
+
+        stats = fit([self.model], loss, len(rows), epochs=o.mlm_epochs, batch_size=o.batch_size, lr=o.mlm_lr,
+                    seed=o.seed, name="mlm", max_seconds=o.time_budget_s * 0.45 or None, lengths=self.lengths)
+        self.model.save_pretrained(self.pre_dir, self.tok)
+        return stats
+
+    def pooled(self, m, split: str):
+        """rows -> the pooled F_txt (B, C) of `m` for those rows of `split`."""
+        ids_all, att_all = self.ids[split]
+
+        def features(rows):
+            return m.pooled_text(*_trim(ids_all[rows], att_all[rows]))
+        return features
+
+    def random_init(self):
+        """The encoder before MLM (the same random weights): the no-pre-training reference."""
+        from mixvlp_ds.model import MixVLP
+
+        m = MixVLP(self.cfg)
+        m.load_state_dict(self.init_state)
+        return m
+
+    def frozen_lr(self, m) -> dict:
         """Logistic regression on the frozen pooled F_txt of `m` (a diagnostic: is the signal there?)."""
         m.eval()
-        f_tr = predict(pooled(m, ids_tr, att_tr), len(train_texts), 256)
-        f_te = predict(pooled(m, ids_te, att_te), len(test_texts), 256)
-        scores = per_finding_logreg(f_tr, y_train, f_te, C=1.0, max_iter=3000, class_weight="balanced")
-        return metrics.auc_per_finding(y_test, scores, CXR14)
+        f_tr = predict(self.pooled(m, "train"), len(self.train_texts), 256)
+        f_te = predict(self.pooled(m, "test"), self.n_test, 256)
+        scores = per_finding_logreg(f_tr, self.y_train, f_te, C=1.0, max_iter=3000, class_weight="balanced")
+        return metrics.auc_per_finding(self.y_test, scores, CXR14)
 
-    def fine_tune_once(m, name: str, seed: int, max_seconds):
+    def fine_tune_once(self, m, name: str, seed: int, max_seconds):
         """GAP + linear on F_txt, BCE, the whole encoder trained; AUC per finding on the test reports."""
-        probe = LinearProbe(cfg.hidden, len(CXR14))
-        y_tr = torch.from_numpy(y_train)
-        f_cls = pooled(m, ids_tr, att_tr)
-        stats = fit([m, probe], lambda rows: masked_bce(probe(f_cls(rows)), y_tr[rows]), len(train_texts),
-                    epochs=opts.cls_epochs, batch_size=opts.batch_size, lr=opts.cls_lr, seed=seed,
-                    name=name, max_seconds=max_seconds, lengths=lengths)
-        scores = predict(lambda rows: probe(pooled(m, ids_te, att_te)(rows)), len(test_texts), 256)
-        return metrics.auc_per_finding(y_test, scores, CXR14), stats
+        o = self.opts
+        probe = LinearProbe(self.cfg.hidden, len(CXR14))
+        y_tr, f_cls = torch.from_numpy(self.y_train), self.pooled(m, "train")
+        stats = fit([m, probe], lambda rows: masked_bce(probe(f_cls(rows)), y_tr[rows]),
+                    len(self.train_texts), epochs=o.cls_epochs, batch_size=o.batch_size, lr=o.cls_lr,
+                    seed=seed, name=name, max_seconds=max_seconds, lengths=self.lengths)
+        f_te = self.pooled(m, "test")
+        scores = predict(lambda rows: probe(f_te(rows)), self.n_test, 256)
+        return metrics.auc_per_finding(self.y_test, scores, CXR14), stats
 
-    def fine_tune(make_model, name: str):
+    def fine_tune(self, make_model, name: str):
         """`cls_repeats` fine-tunings (head init, dropout and batch order seeded seed, seed+1, ...);
         AUC per finding averaged over them, and the spread of their mean AUCs."""
-        left = max(60.0, budget - (time.time() - t_start)) if opts.time_budget_s else None
+        o, left = self.opts, self.seconds_left()
         runs = []
-        for r in range(opts.cls_repeats):
-            torch.manual_seed(opts.seed + r)
-            runs.append(fine_tune_once(make_model(), f"{name}-{r}", opts.seed + r,
-                                       left and left * 0.4 / opts.cls_repeats))
+        for r in range(o.cls_repeats):
+            torch.manual_seed(o.seed + r)
+            runs.append(self.fine_tune_once(make_model(), f"{name}-{r}", o.seed + r,
+                                            left and left * 0.4 / o.cls_repeats))
         auc = {n: (None if runs[0][0][n] is None else float(np.mean([a[n] for a, _ in runs]))) for n in CXR14}
         means = [metrics.mean_auc(a) for a, _ in runs]
         return auc, {**runs[-1][1], "mean_auc_per_repeat": means, "mean_auc_sd": float(np.std(means))}
 
-    def random_init():
-        """The encoder before MLM (the same random weights): the no-pre-training reference."""
-        m = MixVLP(cfg)
-        m.load_state_dict(init_state)
-        return m
+    def hash_codes(self):
+        """DCH fine-tuning from the pre-trained encoder; the test reports' codes."""
+        from mixvlp_ds.model import MixVLP
 
-    # 2. Frozen features + LR, pre-trained and random; 3. fine-tuning from each (the paper's -cls row).
-    frozen_auc, random_frozen_auc = frozen_lr(model), frozen_lr(random_init())
-    auc, cls = fine_tune(lambda: MixVLP.from_pretrained(pre_dir), "cls")
-    scratch_auc, scratch = fine_tune(random_init, "cls-scratch")
+        left, m = self.seconds_left(), MixVLP.from_pretrained(self.pre_dir)
+        head, stats = train_hash_head(self.pooled(m, "train"), self.cfg.hidden, self.y_train, self.opts,
+                                      extra_modules=[m], name="hash", max_seconds=left and left * 0.9,
+                                      lengths=self.lengths)
+        f_te = self.pooled(m, "test")
+        return predict(lambda rows: head(f_te(rows)), self.n_test, 256), stats
 
-    # 4. Hash fine-tuning (DCH) from the pre-trained encoder; text queries over the test set.
-    left = max(60.0, budget - (time.time() - t_start)) if opts.time_budget_s else None
-    hash_model = MixVLP.from_pretrained(pre_dir)
-    head, hstats = train_hash_head(pooled(hash_model, ids_tr, att_tr), cfg.hidden, y_train, opts,
-                                   extra_modules=[hash_model], name="hash", max_seconds=left and left * 0.9,
-                                   lengths=lengths)
-    codes = predict(lambda rows: head(pooled(hash_model, ids_te, att_te)(rows)), len(test_texts), 256)
+
+def encoder_benchmark(train_texts, y_train, test_texts, y_test, opts: Options, out_dir: Path) -> dict:
+    """Every encoder row of the OpenI table (EncoderBench, in its order)."""
+    from mixvlp_ds.model import MixVLP
+
+    b = EncoderBench(train_texts, y_train, test_texts, y_test, opts, out_dir)
+    mlm = b.pretrain_mlm()
+    frozen_auc, random_frozen_auc = b.frozen_lr(b.model), b.frozen_lr(b.random_init())
+    auc, cls = b.fine_tune(lambda: MixVLP.from_pretrained(b.pre_dir), "cls")
+    scratch_auc, scratch = b.fine_tune(b.random_init, "cls-scratch")
+    codes, hstats = b.hash_codes()
+    keep = ("steps", "seconds", "last_loss", "stopped_early")
     return {
-        "auc": auc, "mean_auc": metrics.mean_auc(auc),
-        "p_at_k": metrics.precision_at_k(codes, y_test, KS),
+        "auc": auc, "mean_auc": metrics.mean_auc(auc), "p_at_k": metrics.precision_at_k(codes, y_test, KS),
         "frozen_lr_auc": frozen_auc, "frozen_lr_mean_auc": metrics.mean_auc(frozen_auc),
         "scratch_auc": scratch_auc, "scratch_mean_auc": metrics.mean_auc(scratch_auc),
         "random_frozen_lr_auc": random_frozen_auc,
         "random_frozen_lr_mean_auc": metrics.mean_auc(random_frozen_auc),
-        "model": {"hidden": cfg.hidden, "layers": cfg.layers, "heads": cfg.heads, "vocab": len(tok),
-                  "parameters": sum(p.numel() for p in model.parameters())},
+        "model": {"hidden": b.cfg.hidden, "layers": b.cfg.layers, "heads": b.cfg.heads, "vocab": len(b.tok),
+                  "parameters": sum(p.numel() for p in b.model.parameters())},
         "mlm": {k: mlm[k] for k in ("steps", "seconds", "epoch_losses", "stopped_early")},
-        "cls": {k: cls[k] for k in ("steps", "seconds", "last_loss", "stopped_early", "mean_auc_per_repeat",
-                                    "mean_auc_sd")},
-        "cls_scratch": {k: scratch[k] for k in ("steps", "seconds", "last_loss", "stopped_early",
-                                                "mean_auc_per_repeat", "mean_auc_sd")},
-        "hash": {k: hstats[k] for k in ("steps", "seconds", "last_loss", "stopped_early")},
-        "seconds": time.time() - t_start, "checkpoint": str(pre_dir),
+        "cls": {k: cls[k] for k in (*keep, "mean_auc_per_repeat", "mean_auc_sd")},
+        "cls_scratch": {k: scratch[k] for k in (*keep, "mean_auc_per_repeat", "mean_auc_sd")},
+        "hash": {k: hstats[k] for k in keep},
+        "seconds": time.time() - b.t_start, "checkpoint": str(b.pre_dir),
     }
 
 
