@@ -33,7 +33,10 @@ def _is_dataclass_type(tp: Any) -> bool:
 
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:
-    """Convert a YAML/CLI value to the annotated type `tp`, or raise ConfigError naming `where`."""
+    """Convert a YAML/CLI value to the annotated type `tp`, or raise ConfigError naming `where`.
+
+    Long on purpose: one branch per kind of annotation (Union, Literal, dataclass, list/tuple, dict,
+    bool, int, float, str), read top to bottom; split, the order of the checks would be harder to see."""
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if tp is Any:

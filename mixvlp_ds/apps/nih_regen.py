@@ -211,6 +211,8 @@ def table(rows: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    """The program: its options, then the steps of the module doc in order (each skipped when its
+    output exists). Long on purpose: half of it is the argument list."""
     p = argparse.ArgumentParser(prog="python -m mixvlp_ds.apps.nih_regen", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--nih-dir", type=Path, required=True,

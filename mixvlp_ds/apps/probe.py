@@ -215,6 +215,8 @@ def table(results: dict, fractions: list[float]) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    """The program: its options, then the probes of the module doc. Long on purpose: half of it is
+    the argument list."""
     from mixvlp_ds.model import MixVLP
     from mixvlp_ds.text.tokenizer import load_tokenizer
 

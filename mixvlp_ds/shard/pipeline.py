@@ -231,7 +231,12 @@ def write_dataset(source, out_dir: str | Path, opts: ShardOptions | None = None)
     """Write every record of `source` as shards under `out_dir`; returns the summary dict
     {"out_dir", "format", "source", "institution", "index", "rejects_file", "splits": {split:
     {"samples", "images", "texts", "shards", "bytes"}}, "total_samples", "rejects", "rejects_total",
-    "notes"}. Raises NothingWrittenError when no sample was written (no index.json then)."""
+    "notes"}. Raises NothingWrittenError when no sample was written (no index.json then).
+
+    Long on purpose: the stages in their order (list, encode in parallel, write under temporary
+    names, index, rename), so the invariants that tie them (nothing visible until complete, the
+    same bytes on a rerun) stand in one place.
+    """
     opts = opts or ShardOptions()
     opts.validate()
     if not is_label_space(source.label_space):

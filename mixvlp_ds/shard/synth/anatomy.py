@@ -124,7 +124,10 @@ def draw_chest(canvas: Canvas, anat: Anatomy, rng: np.random.Generator) -> tuple
     """The normal chest. Returns (A, lung, vessels), each (H, W) float32: the attenuation map without
     lung markings, the aerated-lung weight (0..1) that density findings use to stay inside the
     lungs, and the lung markings, which findings may erase (pneumothorax) or engorge (edema)
-    before the renderer adds them to A."""
+    before the renderer adds them to A.
+
+    Long on purpose: a drawing recipe, one structure after another in painting order.
+    """
     u, v = canvas.u, canvas.v
     h, w = canvas.shape
     au = np.abs(u)
