@@ -286,8 +286,9 @@ def main(argv=None) -> dict:
         args.threads = args.threads or max(1, (os.cpu_count() or 2) - args.workers)
         torch.set_num_threads(args.threads)
         os.environ["OMP_NUM_THREADS"] = str(args.threads)
-    from mixvlp_ds.train.engine import init_distributed
+    from mixvlp_ds.train.engine import init_distributed, standalone_env
 
+    os.environ.update(standalone_env())
     info = init_distributed()
     size = 64 if args.tiny else 224
     shards, tok = prepare(Path(args.work), size, args.samples)

@@ -215,34 +215,14 @@ class ReportLabeller:
 # ----------------------------------------------------------------------------- OpenI scoring
 
 
-def read_openi_reports(openi_dir: str | Path) -> dict[str, str]:
-    """{'CXR<uid>': findings + impression} from the Kaggle indiana_reports.csv."""
-    path = Path(openi_dir) / "indiana_reports.csv"
-    with open(path, newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    if not rows or "uid" not in rows[0]:
-        raise ValueError(f"{path}: expected columns uid, findings, impression")
-    return {f"CXR{r['uid']}": " ".join(x for x in (r["findings"], r["impression"]) if x).strip()
-            for r in rows}
-
-
-def read_openi_gold(openi_dir: str | Path) -> dict[str, dict[str, int]]:
-    """{'CXR<n>': {CXR14 finding: 0/1}} from NegBio's openi_gld_std14.csv."""
-    path = Path(openi_dir) / "openi_gld_std14.csv"
-    with open(path, newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    missing = set(CXR14) - set(rows[0]) if rows else set(CXR14)
-    if missing:
-        raise ValueError(f"{path}: missing columns {sorted(missing)}")
-    return {r["filename"]: {n: int(r[n]) for n in CXR14} for r in rows}
-
-
 def score_openi(openi_dir: str | Path, labelers: str | Path | None = None,
                 uncertain_as: int = 1) -> dict:
     """Precision/recall/F1 per CXR14 finding of the labeller vs the OpenI gold labels.
 
     A report counts as positive for a finding when the labeller says 1 (or -1 with uncertain_as=1).
     """
+    from mixvlp_ds.shard.sources.openi import read_openi_gold, read_openi_reports
+
     lab = ReportLabeller("cxr14", labelers)
     texts, gold = read_openi_reports(openi_dir), read_openi_gold(openi_dir)
     ids = sorted(set(texts) & set(gold))

@@ -53,6 +53,20 @@ def any_rank(flag: bool, device: torch.device) -> bool:
     return bool(t.item() > 0)
 
 
+LAUNCHERS = ("torch.distributed.run", "torchrun", "deepspeed.launcher.launch", "deepspeed/launcher/launch")
+
+
+def started_by_launcher() -> bool:
+    """Is this process a rank that torchrun or the deepspeed launcher started (its parent)?"""
+    import psutil
+
+    try:
+        parent = " ".join(psutil.Process(os.getppid()).cmdline())
+    except (psutil.Error, OSError):
+        return False
+    return any(name in parent for name in LAUNCHERS)
+
+
 def watch_launcher(log, interval: float = 1.0) -> None:
     """Exit this rank at once when the launcher that started it dies (its parent changes): a
     killed torchrun must not leave ranks training and uploading on their own."""

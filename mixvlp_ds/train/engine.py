@@ -1,8 +1,11 @@
 """DeepSpeed set-up: the process group (any launcher, or none), the device, and the engine.
 
-The same program runs under `deepspeed`, `torchrun` and plain `python`: without a launcher this
-process is rank 0 of 1 (RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR/MASTER_PORT are filled in, otherwise
-DeepSpeed would try MPI discovery). Backend: nccl on GPUs, gloo on CPU (DeepSpeed's CPU accelerator).
+The same program runs under `deepspeed`, `torchrun` and plain `python`: without a launcher the
+process is rank 0 of 1. Nothing here changes the environment: `standalone_env()` says what a
+process started without a launcher needs (RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR/MASTER_PORT, or
+DeepSpeed tries MPI discovery; DS_ACCELERATOR=cpu without a GPU) and `cpu_threads()` how many
+OpenMP threads a rank gets, and the program applies both (train/pretrain.py). Backend: nccl on
+GPUs, gloo on CPU (DeepSpeed's CPU accelerator).
 """
 
 from __future__ import annotations
@@ -37,15 +40,31 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def standalone_env(environ=os.environ) -> dict[str, str]:
+    """The variables to set so that this process can join a process group: rank 0 of 1 when no
+    launcher started it, and DeepSpeed's CPU accelerator when there is no GPU (empty: nothing)."""
+    env: dict[str, str] = {}
+    if "RANK" not in environ:  # plain `python`: one process
+        env.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1")
+        env["MASTER_ADDR"] = environ.get("MASTER_ADDR", "127.0.0.1")
+        env["MASTER_PORT"] = environ.get("MASTER_PORT", str(_free_port()))
+    if not torch.cuda.is_available() and "DS_ACCELERATOR" not in environ:
+        env["DS_ACCELERATOR"] = "cpu"
+    return env
+
+
+def cpu_threads(local_world: int) -> int:
+    """OpenMP threads for one rank on a CPU: the cores shared between the ranks of this node.
+    Oversubscribed OpenMP threads spin-wait on each other: measured 60x slower steps for the tiny
+    model with 2 ranks x 2 threads on 2 busy cores."""
+    return max(1, (os.cpu_count() or 1) // max(1, local_world))
+
+
 def init_distributed() -> DistInfo:
-    """Join (or create) the process group; idempotent."""
-    if "RANK" not in os.environ:  # plain `python`: one process
-        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1")
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    """Join (or create) the process group from the environment (see standalone_env); idempotent."""
+    if "RANK" not in os.environ:
+        raise RuntimeError("RANK is not set: start under a launcher, or apply standalone_env() first")
     cuda = torch.cuda.is_available() and os.environ.get("DS_ACCELERATOR", "cuda") != "cpu"
-    if not cuda:
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     import deepspeed
 
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
@@ -58,11 +77,6 @@ def init_distributed() -> DistInfo:
         device = torch.device("cuda", local_rank)
     else:
         device = torch.device("cpu")
-        # Share the cores between the ranks of this node. Oversubscribed OpenMP threads spin-wait
-        # on each other: measured 60x slower steps for the tiny model with 2 ranks x 2 threads on
-        # 2 busy cores. OMP_NUM_THREADS, when set, wins.
-        if "OMP_NUM_THREADS" not in os.environ:
-            torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, local_world)))
     if not torch.distributed.is_initialized():
         deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo")
     # torchrun/deepspeed export GROUP_RANK / NODE_RANK; otherwise contiguous ranks per node

@@ -112,10 +112,10 @@ def maybe_compile(engine, train_cfg, device: torch.device, log) -> bool:
 def main(argv: list[str] | None = None) -> dict:
     """Set up the parts (model, data, engine, trainer, checkpoints, reporting), resume, train,
     export, and end with the final checkpoint committed (see the module doc for the commands)."""
-    from mixvlp_ds.train.attempt import watch_launcher
+    from mixvlp_ds.train.attempt import started_by_launcher, watch_launcher
     from mixvlp_ds.train.checkpoint import CheckpointManager
     from mixvlp_ds.train.ds_config import load_ds_config
-    from mixvlp_ds.train.engine import build_engine, init_distributed
+    from mixvlp_ds.train.engine import build_engine, cpu_threads, init_distributed, standalone_env
     from mixvlp_ds.train.trainer import Trainer
 
     args = parse_args(argv)
@@ -125,9 +125,11 @@ def main(argv: list[str] | None = None) -> dict:
     if args.resume is not None:
         overrides.append(f"train.resume={args.resume}")
     run = load_run_config(args.config, overrides)
-    launched = "RANK" in os.environ  # set by torchrun / deepspeed, not by init_distributed (yet)
+    os.environ.update(standalone_env())  # the program's environment: rank 0 of 1 without a launcher
     info = init_distributed()
-    if launched:
+    if info.device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:  # the variable, when set, wins
+        torch.set_num_threads(cpu_threads(info.local_world_size))
+    if started_by_launcher():
         watch_launcher(lambda m: print(f"[rank {info.rank}] {m}", file=sys.stderr, flush=True))
     t = run.train
     refuse_existing_run(Path(t.output_dir), resuming=bool(t.resume), device=info.device)

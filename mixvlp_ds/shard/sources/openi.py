@@ -23,6 +23,7 @@ OpenI has no patient ids: the report id stands in for the patient.
 from __future__ import annotations
 
 import argparse
+import csv
 import re
 import tarfile
 import xml.etree.ElementTree as ET
@@ -280,3 +281,29 @@ class OpenISource:
                 return image_id, images[image_key(image_id)]
         rejects.note("image absent from disk (text only)")
         return None, None
+
+
+# ----------------------------------------------------------------------------- the Kaggle CSV + NegBio gold
+# (the OpenI text benchmark and the labeller's score read the reports this way, not from the XML)
+
+
+def read_openi_reports(openi_dir: str | Path) -> dict[str, str]:
+    """{'CXR<uid>': findings + impression} from the Kaggle indiana_reports.csv."""
+    path = Path(openi_dir) / "indiana_reports.csv"
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    if not rows or "uid" not in rows[0]:
+        raise ValueError(f"{path}: expected columns uid, findings, impression")
+    return {f"CXR{r['uid']}": " ".join(x for x in (r["findings"], r["impression"]) if x).strip()
+            for r in rows}
+
+
+def read_openi_gold(openi_dir: str | Path) -> dict[str, dict[str, int]]:
+    """{'CXR<n>': {CXR14 finding: 0/1}} from NegBio's openi_gld_std14.csv."""
+    path = Path(openi_dir) / "openi_gld_std14.csv"
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    missing = set(CXR14) - set(rows[0]) if rows else set(CXR14)
+    if missing:
+        raise ValueError(f"{path}: missing columns {sorted(missing)}")
+    return {r["filename"]: {n: int(r[n]) for n in CXR14} for r in rows}
