@@ -92,7 +92,11 @@ class DataConfig:
     max_skip_fraction: float = 0.01  # abort when more than this share of records is skipped
     min_records_before_abort: int = 200
     skip_log: str = ""              # JSON lines of skipped records/shards ("" = log only)
-    on_world_size_change: Literal["restart_epoch", "next_epoch", "error"] = "restart_epoch"
+    # resume on another world size or worker count: finish the saved epochs exactly (ledger.py),
+    # restart the saved epoch, start the next one, or refuse
+    on_world_size_change: Literal["exact", "restart_epoch", "next_epoch", "error"] = "exact"
+    # resume with other sources or mixing (their positions mean nothing then): refuse, or start over
+    on_stream_change: Literal["error", "restart_epoch", "next_epoch"] = "error"
     drop_last: bool = False         # a short last batch per worker and epoch: padded (False) or dropped
     prefetch_factor: int = 2        # batches each worker prepares ahead
     s3_retries: int = 5             # read attempts of one shard byte range before it counts as failed

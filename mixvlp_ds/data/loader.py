@@ -25,16 +25,27 @@ page-locked memory, so the step's host-to-device copies can overlap compute.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Iterator
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from mixvlp_ds.config import ConfigError
 from mixvlp_ds.data.collate import BatchSpec, collate, padding_row
 from mixvlp_ds.data.config import DataConfig, resolve_sources
 from mixvlp_ds.data.dealing import deal_shards, interleave, seeded
 from mixvlp_ds.data.faults import FaultCounter
+from mixvlp_ds.data.ledger import (
+    Part,
+    assign,
+    parts_for,
+    plan_from_json,
+    remaining_work,
+    stream_changes,
+    stream_fields,
+)
 from mixvlp_ds.data.patch_masking import PatchMasking
 from mixvlp_ds.data.reader import (
     Record,
@@ -50,47 +61,58 @@ from mixvlp_ds.data.reader import (
 from mixvlp_ds.data.sampler import MixedTuple, MixingSampler, batch_shares
 
 log = logging.getLogger("mixvlp_ds.data")
-STATE_VERSION = 1
+STATE_VERSION = 2
 
 
 class SlotStream:
-    """One worker's epoch: records -> sampler -> decoded rows -> batches (with tags for the loader)."""
+    """One worker's play of an epoch: the parts' tuple streams one after another (one part, its own
+    slot, unless a resume on another world handed it a plan: ledger.py) -> decoded rows -> batches,
+    tagged for the loader with the tuples delivered per slot."""
 
-    def __init__(self, cfg: DataConfig, tokenizer, records_fn, epoch: int, slot: int, worker: int, skip: int,
+    def __init__(self, cfg: DataConfig, tokenizer, records_fn, epoch: int, parts: list[Part], worker: int,
                  seed: int, patch_masking: PatchMasking | None = None):
         self.cfg, self.tokenizer, self.records_fn = cfg, tokenizer, records_fn
-        self.epoch, self.slot, self.worker, self.skip, self.seed = epoch, slot, worker, skip, seed
+        self.epoch, self.parts, self.worker, self.seed = epoch, parts, worker, seed
         self.spec = BatchSpec.for_pretraining(cfg, patch_masking)
+        where = ",".join(str(p.slot) for p in parts) or "-"
         self.faults = FaultCounter(cfg.max_skip_fraction, cfg.min_records_before_abort, cfg.skip_log,
-                                   where=f"[data slot {slot} epoch {epoch}] ")
+                                   where=f"[data slot {where} epoch {epoch}] ")
 
     def __iter__(self) -> Iterator[dict]:
         cfg = self.cfg
-        rng = seeded(self.seed, self.epoch, self.slot, 17)
-        sampler = MixingSampler(resolve_sources(cfg), rng, cfg.subset_seed, cfg.negative_rate,
-                                cfg.shuffle_buffer, cfg.image_pool, cfg.report_pool)
-        tuples = sampler(self.records_fn(self.faults, seeded(self.seed, self.epoch, self.slot, 19)))
-        consumed = 0
-        for _ in range(self.skip):  # resume: replay without decoding
-            if next(tuples, None) is None:
-                break
-            consumed += 1
-        rows, kept = [], []
-        start = consumed
-        for t in tuples:
-            consumed += 1
-            row = self._decode(t)
-            if row is None:
-                continue
-            rows.append(row)
-            kept.append(t)
-            if len(rows) == cfg.batch_size:
-                yield self._batch(rows, kept, start, consumed, sampler)
-                rows, kept, start = [], [], consumed
+        rows, kept, start = [], [], None
+        progress: dict[int, int] = {}  # slot -> tuples delivered, for the batches' tags
+        counts: Counter[str] = Counter()
+        for part in self.parts:
+            sampler = MixingSampler(resolve_sources(cfg), seeded(self.seed, self.epoch, part.slot, 17),
+                                    cfg.subset_seed, cfg.negative_rate, cfg.shuffle_buffer, cfg.image_pool,
+                                    cfg.report_pool)
+            records = self.records_fn(part.slot, part.n_slots)
+            tuples = sampler(records(self.faults, seeded(self.seed, self.epoch, part.slot, 19)))
+            consumed = 0
+            for _ in range(part.skip):  # resume: replay without decoding
+                if next(tuples, None) is None:
+                    break
+                consumed += 1
+            progress[part.slot] = consumed
+            if not rows:
+                start = (part.slot, consumed)
+            for t in tuples:
+                consumed += 1
+                progress[part.slot] = consumed
+                row = self._decode(t)
+                if row is None:
+                    continue
+                rows.append(row)
+                kept.append(t)
+                if len(rows) == cfg.batch_size:
+                    yield self._batch(rows, kept, start, progress, counts + sampler.counts)
+                    rows, kept, start = [], [], (part.slot, consumed)
+            counts += sampler.counts
         self.faults.check()
         if rows and not cfg.drop_last:  # one shape for every batch: fill up with padding rows
             rows += [padding_row(cfg.label_space) for _ in range(cfg.batch_size - len(rows))]
-            yield self._batch(rows, kept, start, consumed, sampler)
+            yield self._batch(rows, kept, start, progress, counts)
 
     def _decode(self, t: MixedTuple) -> dict | None:
         """Decode one tuple; a bad member skips the tuple, counted against the record it came from."""
@@ -110,25 +132,32 @@ class SlotStream:
                 "text_key": t.text.key if t.text else "", "institution": src.institution,
                 "patient_id": src.patient_id}
 
-    def _batch(self, rows, tuples, start: int, consumed: int, sampler: MixingSampler) -> dict:
-        gen = torch.Generator().manual_seed(int(seeded(self.seed, self.epoch, self.slot, start, 23)
+    def _batch(self, rows, tuples, start: tuple[int, int], progress: dict[int, int], counts) -> dict:
+        """start: (slot, tuples delivered before this batch): the masks' seed, so a replay redraws them."""
+        slot, position = start
+        gen = torch.Generator().manual_seed(int(seeded(self.seed, self.epoch, slot, position, 23)
                                                 .integers(2**62)))
         batch = collate(rows, self.tokenizer, self.spec, gen)
         batch["shares"] = batch_shares(tuples, [s.institution for s in self.cfg.sources])
-        batch["_worker"], batch["_consumed"] = self.worker, consumed
-        batch["_faults"], batch["_counts"] = self.faults.as_dict(), dict(sampler.counts)
+        batch["_worker"], batch["_progress"] = self.worker, dict(progress)
+        batch["_faults"], batch["_counts"] = self.faults.as_dict(), dict(counts)
         return batch
 
 
 class _RankDataset(IterableDataset):
     """One rank's epochs. The k-th iteration of a copy (in a persistent worker process, or in this
-    process when num_workers is 0) plays epoch `epoch + k`; the first one resumes mid-epoch
-    (`consumed`) and with DataLoader worker i playing logical worker (i + rotation) % workers."""
+    process when num_workers is 0) plays epoch `epoch + k`; the first one resumes mid-epoch (the
+    rank's `progress`) with DataLoader worker i playing logical worker (i + rotation) % workers.
+    Everything here is a snapshot taken when the DataLoader is made: worker copies cannot see the
+    loader's state move on."""
 
-    def __init__(self, make_stream, num_workers: int, epoch: int, consumed: list[int], rotation: int):
+    def __init__(self, make_stream, rank: int, num_workers: int, n_workers: int, epoch: int,
+                 progress: dict[int, int], rotation: int, plan: dict[int, dict]):
         super().__init__()
-        self.make_stream, self.num_workers = make_stream, num_workers
-        self.epoch, self.consumed, self.rotation, self.plays = epoch, consumed, rotation, 0
+        self.make_stream, self.rank = make_stream, rank
+        self.num_workers, self.n_workers = num_workers, n_workers
+        self.epoch, self.progress, self.rotation, self.plan = epoch, progress, rotation, plan
+        self.plays = 0
 
     def __iter__(self):
         info = get_worker_info()
@@ -136,8 +165,11 @@ class _RankDataset(IterableDataset):
         first = self.plays == 0
         epoch = self.epoch + self.plays
         self.plays += 1
-        worker = (i + (self.rotation if first else 0)) % max(self.num_workers, 1)
-        return iter(self.make_stream(epoch, worker, self.consumed[worker] if first else 0))
+        workers = max(self.num_workers, 1)
+        worker = (i + (self.rotation if first else 0)) % workers
+        parts = parts_for(self.plan, epoch, self.rank * workers + worker, self.n_workers,
+                          self.progress if first else {})
+        return iter(self.make_stream(epoch, worker, parts))
 
 
 class PretrainLoader:
@@ -151,9 +183,11 @@ class PretrainLoader:
         self.rank, self.world_size, self.seed = rank, world_size, seed
         self.patch_masking, self.pin_memory = patch_masking, pin_memory
         self.workers = max(cfg.num_workers, 1)
+        self.n_workers = world_size * self.workers  # rank x worker slots of this world
         self.specs = resolve_sources(cfg)
         self.epoch = 0
-        self.consumed = [0] * self.workers
+        self.progress: dict[int, int] = {}     # slot -> tuples delivered, this rank's current epoch
+        self.plan: dict[int, dict] = {}        # epochs dealt to another world, finished by this one
         self.next_worker = 0
         self.faults: dict[int, dict] = {}
         self.counts: dict[int, dict] = {}
@@ -165,19 +199,21 @@ class PretrainLoader:
         if self.cfg.backend == "streaming":
             from mixvlp_ds.data.mds_backend import MdsRecords
 
-            return MdsRecords(self.cfg, self.specs, self.rank, self.world_size, self.seed)
-        return WdsRecords(self.cfg, self.specs, self.rank, self.world_size, self.seed)
+            return MdsRecords(self.cfg, self.specs, self.n_workers, self.seed)
+        return WdsRecords(self.cfg, self.specs, self.n_workers, self.seed)
 
-    def _stream(self, epoch: int, worker: int, skip: int) -> SlotStream:
-        slot = self.rank * self.workers + worker
-        return SlotStream(self.cfg, self.tokenizer, self._backend.records_fn(epoch, worker), epoch, slot,
-                          worker, skip, self.seed, self.patch_masking)
+    def _stream(self, epoch: int, worker: int, parts: list[Part]) -> SlotStream:
+        def records_fn(slot: int, n_slots: int):
+            return self._backend.records_fn(epoch, slot, n_slots)
+
+        return SlotStream(self.cfg, self.tokenizer, records_fn, epoch, parts, worker, self.seed,
+                          self.patch_masking)
 
     def _open(self) -> DataLoader:
-        """The DataLoader that plays epochs from self.epoch on, resuming at self.consumed."""
+        """The DataLoader that plays epochs from self.epoch on, resuming at self.progress."""
         if self._dataloader is None:
-            ds = _RankDataset(self._stream, self.cfg.num_workers, self.epoch, list(self.consumed),
-                              self.next_worker)
+            ds = _RankDataset(self._stream, self.rank, self.cfg.num_workers, self.n_workers, self.epoch,
+                              dict(self.progress), self.next_worker, dict(self.plan))
             workers = self.cfg.num_workers
             # its own generator: DataLoader draws its workers' base seed when an iterator starts, and
             # from torch's global RNG that draw would shift the training step's random stream
@@ -204,14 +240,15 @@ class PretrainLoader:
         try:
             for batch in self._open():
                 w = batch.pop("_worker")
-                self.consumed[w] = batch.pop("_consumed")
+                self.progress.update(batch.pop("_progress"))
                 self.faults[w], self.counts[w] = batch.pop("_faults"), batch.pop("_counts")
                 self.next_worker = (w + 1) % self.workers
                 yield batch
             done = True
         finally:
             if done:
-                self.epoch, self.consumed, self.next_worker = epoch + 1, [0] * self.workers, 0
+                self.epoch, self.progress, self.next_worker = epoch + 1, {}, 0
+                self.plan = {e: v for e, v in self.plan.items() if e > epoch}
             else:  # left mid-epoch: the workers are ahead of our state, start them anew next time
                 self.close()
 
@@ -219,36 +256,70 @@ class PretrainLoader:
     def state_dict(self) -> dict:
         """Small, JSON-able; save one per rank. The RNG state is not stored as bytes: every random
         choice of a worker is a pure function of (seed, epoch, slot, position), so epoch and
-        position ARE the RNG state."""
-        return {"version": STATE_VERSION, "epoch": self.epoch, "consumed": list(self.consumed),
+        position ARE the RNG state. `plan`: epochs still to finish for another world (ledger.py)."""
+        return {"version": STATE_VERSION, "epoch": self.epoch,
+                "progress": {str(s): n for s, n in sorted(self.progress.items())},
+                "plan": {str(e): v for e, v in sorted(self.plan.items())},
                 "next_worker": self.next_worker, "rank": self.rank, "world_size": self.world_size,
                 "num_workers": self.workers, "seed": self.seed, "backend": self.cfg.backend,
+                "stream": stream_fields(self.cfg, self.seed),
                 "rng": {"seed": self.seed, "epoch": self.epoch,
                         "derivation": "SeedSequence(seed, epoch, slot)"}}
 
     def load_state_dict(self, state: dict) -> None:
+        """This rank's own state, saved by a world of the same size and workers per rank."""
+        self.load_states([state] * self.world_size if state.get("world_size") == self.world_size else [state])
+
+    def load_states(self, states: list[dict]) -> None:
+        """Resume from the loader states of ALL ranks of a checkpoint (rank order). Same world size and
+        workers: this rank continues its own state exactly. Another world: the epochs in flight are
+        finished by this world as ledger.py plans them (data.on_world_size_change=exact, the default),
+        restarted or skipped (restart_epoch / next_epoch), or refused (error)."""
         self.close()
-        if state.get("version") != STATE_VERSION:
-            raise ValueError(f"data loader state version {state.get('version')!r}, expected {STATE_VERSION}")
+        states = [normalised(s) for s in states]
+        self._check_stream(states[0])
+        first = states[0]
+        if len(states) == self.world_size and first["num_workers"] == self.workers:
+            own = states[self.rank]
+            self.epoch, self.progress = own["epoch"], own["progress"]
+            self.plan, self.next_worker = own["plan"], own["next_worker"]
+            return
+        policy = self.cfg.on_world_size_change
+        what = (f"saved with world_size {first['world_size']} x {first['num_workers']} workers, "
+                f"now {self.world_size} x {self.workers}")
+        if policy == "error":
+            raise ConfigError(f"data loader state {what} (data.on_world_size_change=exact finishes the "
+                             f"saved epoch on this world; restart_epoch | next_epoch also continue)")
+        self.progress, self.next_worker, self.plan = {}, 0, {}
+        if policy == "exact":
+            work = remaining_work(states)
+            self.plan = assign(work, self.n_workers)
+            self.epoch = min(work) if work else max(s["epoch"] for s in states)
+            left = sum(len(v[1]) for v in work.values())
+            log.info("data loader state %s: %d unfinished slot stream(s) of epoch(s) %s are dealt to this "
+                     "world's %d worker(s); each delivers the rest of its tuples exactly once", what, left,
+                     sorted(work), self.n_workers)
+            return
+        self.epoch = min(s["epoch"] for s in states) + (policy == "next_epoch")
+        log.warning("data loader state %s: shards are dealt differently, so epoch %d %s", what,
+                    self.epoch, "restarts from its beginning" if policy == "restart_epoch" else "begins")
+
+    def _check_stream(self, state: dict) -> None:
         if state["seed"] != self.seed or state["backend"] != self.cfg.backend:
             raise ValueError(f"data loader state is for seed {state['seed']} / backend {state['backend']}, "
                              f"this loader has {self.seed} / {self.cfg.backend}")
-        same = state["world_size"] == self.world_size and state["num_workers"] == self.workers
-        self.epoch = int(state["epoch"])
-        if same:
-            self.consumed, self.next_worker = list(state["consumed"]), int(state["next_worker"])
-            return
-        policy = self.cfg.on_world_size_change
-        what = (f"saved with world_size {state['world_size']} x {state['num_workers']} workers, "
-                f"now {self.world_size} x {self.workers}")
-        if policy == "error":
-            raise ValueError(f"data loader state {what}: exact resume needs the same split "
-                             f"(data.on_world_size_change=restart_epoch|next_epoch to continue)")
-        self.consumed, self.next_worker = [0] * self.workers, 0
-        if policy == "next_epoch":
-            self.epoch += 1
-        log.warning("data loader state %s: shards are dealt differently, so epoch %d %s", what,
-                    self.epoch, "restarts from its beginning" if policy == "restart_epoch" else "begins")
+        now = stream_fields(self.cfg, self.seed)
+        changes = stream_changes(state["stream"], now) if "stream" in state else []
+        if changes and self.cfg.on_stream_change == "error":
+            raise ConfigError("the data sources or mixing changed since the checkpoint, so its positions in "
+                             "the data mean nothing now: " + "; ".join(changes)
+                             + " (data.on_stream_change=restart_epoch starts the saved epoch again with "
+                             "the new data; next_epoch starts the next one)")
+        if changes:
+            state["epoch"] += self.cfg.on_stream_change == "next_epoch"
+            state["progress"], state["plan"], state["next_worker"] = {}, {}, 0
+            log.warning("data changed since the checkpoint (%s): epoch %d starts from its beginning",
+                        "; ".join(changes), state["epoch"])
 
     def fault_summary(self) -> dict:
         seen = sum(f["seen"] for f in self.faults.values())
@@ -257,13 +328,26 @@ class PretrainLoader:
                 "routing": dict(self.counts)}
 
 
+def normalised(state: dict) -> dict:
+    """A loader state with int keys (JSON makes them strings) and version 1's fields converted."""
+    version = state.get("version")
+    if version not in (1, STATE_VERSION):
+        raise ValueError(f"data loader state version {version!r}, expected {STATE_VERSION}")
+    out = dict(state)
+    if version == 1:  # per-worker counts of the rank's own slots, no plan
+        base = state["rank"] * state["num_workers"]
+        out["progress"] = {base + w: n for w, n in enumerate(state["consumed"])}
+        out["plan"] = {}
+    out["progress"] = {int(s): int(n) for s, n in out["progress"].items()}
+    out["plan"] = plan_from_json(out["plan"])
+    return out
+
+
 class WdsRecords:
     """WebDataset tar shards listed by index.json, local or S3."""
 
-    def __init__(self, cfg: DataConfig, specs, rank: int, world_size: int, seed: int):
-        self.cfg, self.rank, self.seed = cfg, rank, seed
-        self.workers = max(cfg.num_workers, 1)
-        self.n_slots = world_size * self.workers
+    def __init__(self, cfg: DataConfig, specs, n_slots: int, seed: int):
+        self.cfg, self.seed, self.n_slots = cfg, seed, n_slots
         self.shards: dict[str, list[ShardRef]] = {}
         self.institution = {s.name: s.institution for s in specs}
         self.weights = {s.name: s.weight for s in specs}
@@ -279,16 +363,17 @@ class WdsRecords:
         total = sum(len(v) for v in self.shards.values())
         if total < self.n_slots:
             log.warning("%d shards for %d rank x worker slots: some workers get no data", total, self.n_slots)
-        self._dealt: tuple[int, list[list[ShardRef]]] | None = None
+        self._dealt: tuple[tuple[int, int], list[list[ShardRef]]] | None = None
 
-    def slots(self, epoch: int) -> list[list[ShardRef]]:
-        """This epoch's shards per slot (dealt once per epoch and process)."""
-        if self._dealt is None or self._dealt[0] != epoch:
-            self._dealt = (epoch, deal_shards(self.shards, self.weights, epoch, self.seed, self.n_slots))
+    def slots(self, epoch: int, n_slots: int) -> list[list[ShardRef]]:
+        """This epoch's shards per slot of a dealing into n_slots (dealt once per epoch and process)."""
+        if self._dealt is None or self._dealt[0] != (epoch, n_slots):
+            dealt = deal_shards(self.shards, self.weights, epoch, self.seed, n_slots)
+            self._dealt = ((epoch, n_slots), dealt)
         return self._dealt[1]
 
-    def records_fn(self, epoch: int, worker: int):
-        refs = self.slots(epoch)[self.rank * self.workers + worker]
+    def records_fn(self, epoch: int, slot: int, n_slots: int):
+        refs = self.slots(epoch, n_slots)[slot]
         cfg = self.cfg
 
         def records(faults: FaultCounter, rng: np.random.Generator) -> Iterator[Record]:

@@ -48,11 +48,9 @@ def row_to_fields(row: dict) -> dict[str, bytes]:
 class MdsRecords:
     """Record streams for the loader's slots, from one StreamingDataset over every source."""
 
-    def __init__(self, cfg, specs, rank: int, world_size: int, seed: int):
+    def __init__(self, cfg, specs, n_slots: int, seed: int):
         streaming = import_streaming()
-        self.cfg, self.rank, self.seed = cfg, rank, seed
-        self.workers = max(cfg.num_workers, 1)
-        self.n_slots = world_size * self.workers
+        self.cfg, self.seed, self.n_slots = cfg, seed, n_slots
         self.institution = {s.name: s.institution for s in specs}
         self.weights = {s.name: s.weight for s in specs}
         streams = []
@@ -82,16 +80,17 @@ class MdsRecords:
             url = f"{specs[int(stream_id)].uri}#mds-shard-{shard_id}"
             self.shards[name].append(ShardRef(name, url, int(self.dataset.samples_per_shard[shard_id])))
             self.first_sample[url] = int(offsets[shard_id])
-        self._dealt: tuple[int, list[list[ShardRef]]] | None = None
+        self._dealt: tuple[tuple[int, int], list[list[ShardRef]]] | None = None
 
-    def slots(self, epoch: int) -> list[list[ShardRef]]:
-        """This epoch's shards per slot (dealt once per epoch and process)."""
-        if self._dealt is None or self._dealt[0] != epoch:
-            self._dealt = (epoch, deal_shards(self.shards, self.weights, epoch, self.seed, self.n_slots))
+    def slots(self, epoch: int, n_slots: int) -> list[list[ShardRef]]:
+        """This epoch's shards per slot of a dealing into n_slots (dealt once per epoch and process)."""
+        if self._dealt is None or self._dealt[0] != (epoch, n_slots):
+            dealt = deal_shards(self.shards, self.weights, epoch, self.seed, n_slots)
+            self._dealt = ((epoch, n_slots), dealt)
         return self._dealt[1]
 
-    def records_fn(self, epoch: int, worker: int):
-        refs = self.slots(epoch)[self.rank * self.workers + worker]
+    def records_fn(self, epoch: int, slot: int, n_slots: int):
+        refs = self.slots(epoch, n_slots)[slot]
 
         def records(faults: FaultCounter, rng: np.random.Generator) -> Iterator[Record]:
             streams = {}

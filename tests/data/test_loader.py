@@ -93,14 +93,19 @@ def test_epochs_differ(tiny_shards, tokenizer):
 
 
 def test_world_size_change_policy(tiny_shards, tokenizer):
-    cfg = config(tiny_shards)
+    """The other policies (exact, the default, is tests/data/test_elastic.py)."""
+    cfg = config(tiny_shards, on_world_size_change="restart_epoch")
     loader = build_pretrain_loader(cfg, tokenizer)
     it = iter(loader)
     next(it)
     state = loader.state_dict()
     other = build_pretrain_loader(cfg, tokenizer, rank=0, world_size=2)
     other.load_state_dict(state)
-    assert other.epoch == 0 and other.consumed == [0]
+    assert other.epoch == 0 and other.progress == {} and other.plan == {}
+    cfg.on_world_size_change = "next_epoch"
+    other = build_pretrain_loader(cfg, tokenizer, rank=1, world_size=2)
+    other.load_state_dict(state)
+    assert other.epoch == 1 and other.plan == {}
     cfg.on_world_size_change = "error"
     with pytest.raises(ValueError, match="world_size"):
         build_pretrain_loader(cfg, tokenizer, rank=0, world_size=2).load_state_dict(state)
