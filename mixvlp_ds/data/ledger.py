@@ -50,7 +50,10 @@ def remaining_work(states: list[dict]) -> dict[int, tuple[int, dict[int, int]]]:
     when its owner's epoch is past it; it stands where the owner's progress says when the owner is in
     that epoch; it has not started when the owner has not reached that epoch."""
     world, workers = len(states), states[0]["num_workers"]
-    plan = states[0]["plan"]
+    plan: dict[int, dict] = {}
+    for state in states:  # a rank drops an epoch from its copy of the plan once it is past it
+        for epoch, entry in state["plan"].items():
+            plan.setdefault(epoch, entry)
     ranks_epoch = [s["epoch"] for s in states]
     last = max(ranks_epoch + list(plan))
     work: dict[int, tuple[int, dict[int, int]]] = {}

@@ -267,8 +267,11 @@ class PretrainLoader:
                         "derivation": "SeedSequence(seed, epoch, slot)"}}
 
     def load_state_dict(self, state: dict) -> None:
-        """This rank's own state, saved by a world of the same size and workers per rank."""
-        self.load_states([state] * self.world_size if state.get("world_size") == self.world_size else [state])
+        """This rank's own state, saved by a world of the same size (else: load_states of all ranks)."""
+        if state.get("world_size") != self.world_size:
+            raise ValueError(f"this loader state was saved by a world of {state.get('world_size')} ranks, "
+                             f"this one has {self.world_size}: load_states(every rank's state) resumes it")
+        self.load_states([dict(state, rank=r) for r in range(self.world_size)])
 
     def load_states(self, states: list[dict]) -> None:
         """Resume from the loader states of ALL ranks of a checkpoint (rank order). Same world size and
@@ -277,8 +280,11 @@ class PretrainLoader:
         restarted or skipped (restart_epoch / next_epoch), or refused (error)."""
         self.close()
         states = [normalised(s) for s in states]
-        self._check_stream(states[0])
         first = states[0]
+        if len(states) != first["world_size"] or [s["rank"] for s in states] != list(range(len(states))):
+            raise ValueError(f"loader states of ranks {[s['rank'] for s in states]} given, the checkpoint's "
+                             f"world had {first['world_size']} ranks: all of them are needed, in rank order")
+        self._check_stream(first)
         if len(states) == self.world_size and first["num_workers"] == self.workers:
             own = states[self.rank]
             self.epoch, self.progress = own["epoch"], own["progress"]

@@ -20,13 +20,15 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 import yaml
 
-from mixvlp_ds.config import to_dict
+from mixvlp_ds.config import ConfigError, to_dict
 from mixvlp_ds.train.attempt import check_fenced, check_final_commit, open_uploader
 from mixvlp_ds.train.checkpoint_store import (
     CheckpointUploader,
@@ -37,12 +39,44 @@ from mixvlp_ds.train.checkpoint_store import (
     step_of,
     tag_for,
 )
+from mixvlp_ds.train.universal import load_elastic, save_elastic, unsupported
 
 
 def _all_reduce(value: float, op, device) -> float:
     t = torch.tensor([value], dtype=torch.float64, device=device)
     dist.all_reduce(t, op=op)
     return float(t.item())
+
+
+@dataclass(frozen=True)
+class Layout:
+    """What DeepSpeed's own checkpoint files depend on: they load only into the same layout."""
+
+    world_size: int
+    num_workers: int
+    zero_stage: int
+    precision: str
+
+    @classmethod
+    def of(cls, ds_config: dict, world_size: int, num_workers: int) -> Layout:
+        precision = ("bf16" if ds_config.get("bf16", {}).get("enabled") is True
+                     else "fp16" if ds_config.get("fp16", {}).get("enabled") is True else "fp32")
+        stage = int(ds_config.get("zero_optimization", {}).get("stage", 0))
+        return cls(world_size, max(num_workers, 1), stage, precision)
+
+    @classmethod
+    def of_checkpoint(cls, tag_dir: Path) -> Layout:
+        ds = json.loads((tag_dir / "ds_config.json").read_text())
+        rank0 = torch.load(tag_dir / "rank_00000.pt", map_location="cpu", weights_only=False)
+        return cls.of(ds, rank0["world_size"], rank0["data"]["num_workers"])
+
+    @property
+    def engine(self) -> tuple:
+        return self.world_size, self.zero_stage, self.precision
+
+    def differences(self, now: Layout) -> str:
+        return ", ".join(f"{k} {getattr(self, k)} (now {getattr(now, k)})" for k in self.__dataclass_fields__
+                         if getattr(self, k) != getattr(now, k))
 
 
 class CheckpointManager:
@@ -89,6 +123,8 @@ class CheckpointManager:
             shutil.rmtree(root / tag)
         dist.barrier()
         trainer.engine.save_checkpoint(str(root), tag=tag, client_state={"step": step}, save_latest=False)
+        if self.elastic(trainer.engine):
+            save_elastic(trainer.engine, root / tag, info.rank, info.world_size)
         torch.save(trainer.state_dict(), root / tag / f"rank_{info.rank:05d}.pt")
         if info.is_main:
             (root / tag / "run_config.yaml").write_text(yaml.safe_dump(to_dict(self.run), sort_keys=False))
@@ -106,6 +142,16 @@ class CheckpointManager:
         if upload:
             uploader.submit(tag, {"world_size": info.world_size})
         return tag
+
+    def elastic(self, engine) -> bool:
+        """Whether checkpoints get their elastic/ part (train.elastic, and an engine that can write it:
+        ZeRO-2/3 with an Adam that universal.py knows); said once when it cannot."""
+        if not hasattr(self, "_elastic"):
+            why = unsupported(engine) if self.run.train.elastic else None
+            self._elastic = self.run.train.elastic and why is None
+            if why:
+                self.log(f"WARNING: checkpoints resume only on this world size and ZeRO stage: {why}")
+        return self._elastic
 
     def wait_for_upload(self) -> None:
         """Block until the pending upload is done (at the end of a run, or on its way out)."""
@@ -125,21 +171,43 @@ class CheckpointManager:
         t = self.run.train
         if not t.resume:
             return False
+        start = time.perf_counter()
         tag_dir = self.find()
         if tag_dir is None:
             self.log(f"[resume] nothing committed at {t.ckpt_uri} yet: starting from scratch")
             return False
-        own = tag_dir / f"rank_{self.info.rank:05d}.pt"
-        if not own.is_file():
-            raise FileNotFoundError(f"{own} is missing: the checkpoint was written with another world size "
-                                    f"(exact resume needs the same number of ranks)")
-        state = torch.load(own, map_location="cpu", weights_only=False)  # our own file, checksum-verified
-        path, _ = trainer.engine.load_checkpoint(str(tag_dir.parent), tag=tag_dir.name)
-        if path is None:
-            raise RuntimeError(f"DeepSpeed could not load the checkpoint in {tag_dir}")
-        trainer.load_state_dict(state)
-        self.log(f"[resume] continuing from {tag_dir} at step {trainer.state.step}")
+        saved = Layout.of_checkpoint(tag_dir)
+        now = Layout.of(self.ds_config, self.info.world_size, self.run.data.num_workers)
+        self.check_batch_size(tag_dir)
+        states = [torch.load(tag_dir / f"rank_{r:05d}.pt", map_location="cpu", weights_only=False)
+                  for r in range(saved.world_size)]  # our own small files, checksum-verified
+        if saved.engine == now.engine:  # DeepSpeed's own files: they load only into the same layout
+            path, _ = trainer.engine.load_checkpoint(str(tag_dir.parent), tag=tag_dir.name)
+            if path is None:
+                raise RuntimeError(f"DeepSpeed could not load the checkpoint in {tag_dir}")
+        elif (tag_dir / "elastic").is_dir():
+            load_elastic(trainer.engine, tag_dir)
+        else:
+            raise NoUsableCheckpointError(f"{tag_dir} was saved with {saved.differences(now)}; it has no "
+                                          f"elastic/ part (train.elastic=false), so it loads only into the "
+                                          f"layout that wrote it")
+        if saved.world_size == now.world_size:  # this rank's own RNG streams and counters
+            trainer.load_state_dict(states[self.info.rank], [sd["data"] for sd in states])
+        else:
+            trainer.load_elastic(states)
+        how = "exact" if saved == now else f"elastic: {saved.differences(now)}"
+        self.log(f"[resume] continuing from {tag_dir} at step {trainer.state.step} ({how}; found, verified "
+                 f"and loaded in {time.perf_counter() - start:.1f} s)")
         return True
+
+    def check_batch_size(self, tag_dir: Path) -> None:
+        old = yaml.safe_load((tag_dir / "run_config.yaml").read_text())["train"]["batch_size"]
+        t = self.run.train
+        if old != t.batch_size and not t.allow_batch_change:
+            raise ConfigError(f"train.batch_size is {t.batch_size}, the checkpoint in {tag_dir} was trained "
+                              f"with {old}: the LR schedule counts steps of that batch. Keep "
+                              f"train.batch_size={old} (gradient accumulation follows the world size by "
+                              f"itself) or set train.allow_batch_change=true")
 
     def find(self) -> Path | None:
         """Each node's local rank 0 fetches and verifies the checkpoint; all ranks must agree on it. A

@@ -3,7 +3,9 @@
 Local layout (`root` = <output_dir>/checkpoints):
 
     root/step_00000100/...        DeepSpeed's files (model, optimizer shards), rank_*.pt (RNG + data
-                                  pipeline state per rank), run_config.yaml, ds_config.json, tokenizer/
+                                  pipeline state per rank), elastic/ (train/universal.py: the same
+                                  weights and Adam moments for any world size), run_config.yaml,
+                                  ds_config.json, tokenizer/
     root/step_00000100/COMMITTED  {files: {path: size}}, written by rank 0 after every rank saved
     root/latest                   newest locally committed tag, written after COMMITTED
 
@@ -55,9 +57,10 @@ def step_of(tag: str) -> int:
 
 
 def owner_rank(relpath: str) -> int:
-    """Which rank wrote a checkpoint file: DeepSpeed's `*zero_pp_rank_<r>_*`, our `rank_<r>.pt`;
-    everything else (model states of ZeRO-1/2, config, tokenizer) is rank 0's."""
-    m = re.search(r"zero_pp_rank_(\d+)_", relpath) or re.search(r"(?:^|/)rank_(\d+)\.pt$", relpath)
+    """Which rank wrote a checkpoint file: DeepSpeed's `*zero_pp_rank_<r>_*`, our `rank_<r>.pt` and
+    `elastic/params_<r>.pt`; everything else (model states of ZeRO-1/2, config, tokenizer) is rank 0's."""
+    m = (re.search(r"zero_pp_rank_(\d+)_", relpath)
+         or re.search(r"(?:^|/)(?:rank|elastic/params)_(\d+)\.pt$", relpath))
     return int(m.group(1)) if m else 0
 
 

@@ -54,6 +54,9 @@ class TrainConfig:
     ckpt_uri: str = ""                   # s3://bucket/prefix: committed copies of the checkpoints
     resume: str = ""                     # "" | auto | s3://... | a local checkpoints directory
     upload_busy: Literal["wait", "skip"] = "wait"  # an intermediate checkpoint due while the last one uploads
+    elastic: bool = True                 # checkpoints also hold world-size-free weights + Adam moments
+    allow_batch_change: bool = False     # resume with another train.batch_size (the schedule's unit)
+    record_log: bool = False             # <output_dir>/records/rank_<r>.jsonl: each micro-batch's records
     upload_timeout: float = 3600.0       # seconds of retrying before an upload is given up
     upload_backoff: float = 1.0          # first retry delay, doubled up to 60 s
     preflight_timeout: float = 60.0      # seconds the start-up S3 probe may retry before the run stops

@@ -36,25 +36,32 @@ class LoopState:
 
 
 def batches_forever(loader: Iterable):
-    """Epoch after epoch of the loader (a PretrainLoader resumes mid-epoch by itself)."""
+    """Epoch after epoch of the loader (a PretrainLoader resumes mid-epoch by itself). An epoch may be
+    empty for this rank when it was planned by a resume on more ranks (nothing of it left for this
+    one: the loader's `plan`); any other empty epoch means the rank has no data."""
     while True:
+        planned = getattr(loader, "epoch", None) in getattr(loader, "plan", {})
         empty = True
         for batch in loader:
             empty = False
             yield batch
-        if empty:
+        if empty and not planned:
             raise RuntimeError("the data loader yielded no batch in a whole epoch (no shards for this rank?)")
 
 
 def train(engine, loader: Iterable, state: LoopState, meter: StepMeter, total_steps: int,
-          max_nonfinite_in_row: int, on_step: Callable[[LoopState], None]) -> LoopState:
+          max_nonfinite_in_row: int, on_step: Callable[[LoopState], None],
+          on_batch: Callable[[dict, LoopState], None] | None = None) -> LoopState:
     """Run until state.step == total_steps; `on_step(state)` after each applied optimizer step
-    (logging through `meter.read()`, checkpoints)."""
+    (logging through `meter.read()`, checkpoints); `on_batch(batch, state)` as each micro-batch is
+    drawn (the record log)."""
     engine.train()
     batches = batches_forever(loader)
     try:
         while state.step < total_steps:  # checked before drawing, so the loader's state stays exact
             batch = next(batches)
+            if on_batch is not None:
+                on_batch(batch, state)
             state.micro_batches += 1
             out = engine(model_inputs(batch, engine.device))
             meter.add(out, batch)

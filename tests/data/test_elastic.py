@@ -22,8 +22,8 @@ def config(shards, scenario="mixup2", workers=0, **kw):
 
 def tuples(batches) -> Counter:
     """(image key, report key, pair) of every non-padding row."""
-    return Counter((k, tk, p) for b in batches for k, tk, p in zip(b["key"], b["text_key"], b["pair"].tolist(),
-                                                                     strict=True) if k or tk)
+    rows = (row for b in batches for row in zip(b["key"], b["text_key"], b["pair"].tolist(), strict=True))
+    return Counter((k, tk, p) for k, tk, p in rows if k or tk)
 
 
 def epoch_of_world(cfg, tokenizer, world, seed=3):
@@ -104,15 +104,20 @@ def test_a_second_resume_on_a_third_world(tiny_shards, tokenizer):
 
 def test_ranks_in_different_epochs(tiny_shards, tokenizer):
     """Ranks may end an epoch a few batches apart: rank 0 already in epoch 1 when the checkpoint is
-    taken. The plan then covers both epochs."""
+    taken. The plan covers both epochs; on 4 ranks, ranks 2 and 3 have nothing of either (two empty
+    planned epochs, which the training loop accepts) and the tuples of both epochs are each used once."""
+    from mixvlp_ds.train.loop import batches_forever
+
     cfg = config(tiny_shards, "baseline", paired_percent=100, workers=0)
-    states = []
+    states, seen = [], {0: Counter(), 1: Counter()}
     for rank, stop in ((0, 9), (1, 3)):  # rank 0: all 8 batches of epoch 0, then 1 of epoch 1
         loader = build_pretrain_loader(cfg, tokenizer, rank=rank, world_size=2, seed=3)
         n = 0
         while n < stop:
-            for _ in loader:
+            epoch = loader.epoch
+            for b in loader:
                 n += 1
+                seen[epoch] += tuples([b])
                 if n == stop:
                     break
         states.append(loader.state_dict())
@@ -121,8 +126,22 @@ def test_ranks_in_different_epochs(tiny_shards, tokenizer):
     work = remaining_work([dict(s, progress={int(k): v for k, v in s["progress"].items()}, plan={})
                            for s in states])
     assert sorted(work) == [0, 1] and list(work[0][1]) == [1] and set(work[1][1]) == {0, 1}
-    plan = assign(work, 1)
-    assert [len(plan[e]["parts"][0]) for e in (0, 1)] == [1, 2]
+    assert [len(assign(work, 1)[e]["parts"][0]) for e in (0, 1)] == [1, 2]
+    for rank in range(4):
+        loader = build_pretrain_loader(cfg, tokenizer, rank=rank, world_size=4, seed=3)
+        loader.load_states(states)
+        seen[0] += tuples(list(loader))
+        seen[1] += tuples(list(loader))
+        assert loader.epoch == 2 and loader.plan == {}
+        if rank >= 2:
+            assert next(batches_forever(loader))["key"][0]  # epoch 2 has data for every rank again
+        loader.close()
+    whole = [Counter(), Counter()]
+    for rank in range(2):
+        loader = build_pretrain_loader(cfg, tokenizer, rank=rank, world_size=2, seed=3)
+        whole[0] += tuples(list(loader))
+        whole[1] += tuples(list(loader))
+    assert seen[0] == whole[0] and seen[1] == whole[1]
 
 
 def test_a_changed_source_list_is_refused(tiny_shards, tokenizer):
