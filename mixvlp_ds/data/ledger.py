@@ -101,10 +101,21 @@ def stream_fields(cfg: DataConfig, seed: int) -> dict:
 
 
 def stream_changes(saved: dict, now: dict) -> list[str]:
-    """Human-readable differences between two stream_fields dicts ([] when equal)."""
+    """Human-readable differences between two stream_fields dicts ([] when equal); sources are
+    compared by name and field: "sources[mimic].percent: 30.0 -> 50.0"."""
     out = []
     for key in sorted(set(saved) | set(now)):
-        if saved.get(key) != now.get(key):
+        if key == "sources":
+            before = {s["name"]: s for s in saved.get(key, [])}
+            after = {s["name"]: s for s in now.get(key, [])}
+            for name in sorted(set(before) - set(after)):
+                out.append(f"source {name} removed")
+            for name in sorted(set(after) - set(before)):
+                out.append(f"source {name} added")
+            for name in sorted(set(before) & set(after)):
+                out += [f"sources[{name}].{f}: {before[name][f]!r} -> {after[name].get(f)!r}"
+                        for f in before[name] if before[name][f] != after[name].get(f)]
+        elif saved.get(key) != now.get(key):
             out.append(f"{key}: {saved.get(key)!r} -> {now.get(key)!r}")
     return out
 

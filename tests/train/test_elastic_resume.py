@@ -140,7 +140,8 @@ def two_rank_checkpoint(train_assets, tmp_path_factory):
 
 @pytest.mark.parametrize("override,message", [
     ("train.batch_size=16", "train.batch_size is 16, the checkpoint in .* was trained with 8"),
-    ("data.paired_percent=50", "the data sources or mixing changed since the checkpoint.*on_stream_change"),
+    ("data.paired_percent=50",
+     r"mixing changed since the checkpoint.*sources\[a\]\.percent: 30\.0 -> 50\.0.*on_stream_change"),
 ])
 def test_a_resume_that_cannot_keep_the_guarantee_is_refused(train_assets, two_rank_checkpoint, tmp_path,
                                                             override, message):
