@@ -62,12 +62,13 @@ def main(argv=None) -> dict:
     from mixvlp_ds.train.config import load_run_config
     from mixvlp_ds.train.ds_config import load_ds_config
     from mixvlp_ds.train.engine import build_engine, init_distributed
+    from mixvlp_ds.train.pretrain import precision_support
     from mixvlp_ds.train.universal import _ensure_adam_state, load_elastic, save_elastic
 
     info = init_distributed()
     run = load_run_config(args.config, ["data.batch_size=1", "train.batch_size=1", "train.steps=10",
                                         "tokenizer=unused"])
-    ds = load_ds_config(args.ds, run, 1, info.device.type)
+    ds = load_ds_config(args.ds, run, 1, info.device.type, *precision_support(info.device))
 
     def engine():
         torch.manual_seed(0)
