@@ -100,12 +100,14 @@ def test_world_size_change_policy(tiny_shards, tokenizer):
     next(it)
     state = loader.state_dict()
     other = build_pretrain_loader(cfg, tokenizer, rank=0, world_size=2)
-    other.load_state_dict(state)
+    with pytest.raises(ValueError, match="load_states"):  # one rank cannot say where the others are
+        other.load_state_dict(state)
+    other.load_states([state])
     assert other.epoch == 0 and other.progress == {} and other.plan == {}
     cfg.on_world_size_change = "next_epoch"
     other = build_pretrain_loader(cfg, tokenizer, rank=1, world_size=2)
-    other.load_state_dict(state)
+    other.load_states([state])
     assert other.epoch == 1 and other.plan == {}
     cfg.on_world_size_change = "error"
     with pytest.raises(ValueError, match="world_size"):
-        build_pretrain_loader(cfg, tokenizer, rank=0, world_size=2).load_state_dict(state)
+        build_pretrain_loader(cfg, tokenizer, rank=0, world_size=2).load_states([state])

@@ -6,7 +6,7 @@ on M ranks (other initial weights, maybe another ZeRO stage) loads it and must h
 saved state (fp32 weights, Adam moments and step, the lr, the counters, the bf16 module copies)
 and continue with the same losses on the same global batches (8 samples: 8/M per rank).
 
-This file is also the ranks' program: `torchrun ... test_universal.py <role> ...` (see worker()).
+This file is also the ranks' program: `torchrun ... test_universal.py --jobs ...` (see worker()).
 """
 
 from __future__ import annotations
@@ -124,48 +124,52 @@ def gathered_state(engine) -> dict:
 
 
 def worker(argv: list[str]) -> None:
+    """The ranks' program: --jobs (JSON list of {name, role, stage, precision, ckpt}) run one after
+    another in this process group (one DeepSpeed start for several engines); rank 0 writes
+    {name: result} to --out."""
     import deepspeed
     import torch.distributed as dist
 
     from mixvlp_ds.train.universal import load_elastic, save_elastic
 
     p = argparse.ArgumentParser()
-    p.add_argument("role", choices=["save", "load", "errors"])
-    p.add_argument("--stage", type=int, required=True)
-    p.add_argument("--precision", required=True)
-    p.add_argument("--ckpt", type=Path, required=True)
+    p.add_argument("--jobs", required=True)
     p.add_argument("--out", type=Path, required=True)
     a = p.parse_args(argv)
     deepspeed.init_distributed(dist_backend="gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
-    result: dict = {}
-    if a.role == "errors":
-        result["errors"] = expected_errors(a, world)
-    else:
-        engine = build_engine(a.stage, a.precision, world, seed=0 if a.role == "save" else 1)
-        if a.role == "save":
-            result["before"] = train_steps(engine, range(SAVE_AT), rank, world)
-            result["meta"] = save_elastic(engine, a.ckpt, rank, world)
+    results: dict = {}
+    for job in json.loads(a.jobs):
+        stage, precision, ckpt = job["stage"], job["precision"], Path(job["ckpt"])
+        result: dict = {}
+        if job["role"] == "errors":
+            result["errors"] = expected_errors(stage, precision, ckpt, a.out.parent, world)
         else:
-            result["meta"] = load_elastic(engine, a.ckpt)
-        result["state"] = gathered_state(engine)
-        result["losses"] = train_steps(engine, range(SAVE_AT, SAVE_AT + MORE), rank, world)
+            engine = build_engine(stage, precision, world, seed=0 if job["role"] == "save" else 1)
+            if job["role"] == "save":
+                result["before"] = train_steps(engine, range(SAVE_AT), rank, world)
+                result["meta"] = save_elastic(engine, ckpt, rank, world)
+            else:
+                result["meta"] = load_elastic(engine, ckpt)
+            result["state"] = gathered_state(engine)
+            result["losses"] = train_steps(engine, range(SAVE_AT, SAVE_AT + MORE), rank, world)
+        results[job["name"]] = result
     if rank == 0:
-        torch.save(result, a.out)
+        torch.save(results, a.out)
     dist.barrier()
 
 
-def expected_errors(a, world: int) -> dict[str, str]:
+def expected_errors(stage: int, precision: str, saved: Path, tmp: Path, world: int) -> dict[str, str]:
     """The ValueErrors of a model of another shape and of a checkpoint without one of its files."""
     from mixvlp_ds.train.universal import load_elastic
 
     out = {}
     for case in ("shape", "missing"):
-        engine = build_engine(a.stage, a.precision, world, hidden=48 if case == "shape" else 64)
-        ckpt = a.ckpt
+        engine = build_engine(stage, precision, world, hidden=48 if case == "shape" else 64)
+        ckpt = saved
         if case == "missing":
-            ckpt = a.out.with_name("missing_ckpt")
-            shutil.copytree(a.ckpt, ckpt, dirs_exist_ok=True)
+            ckpt = tmp / "missing_ckpt"
+            shutil.copytree(saved, ckpt, dirs_exist_ok=True)
             (ckpt / "elastic" / "params_00001.pt").unlink(missing_ok=True)
         try:
             load_elastic(engine, ckpt)
@@ -177,31 +181,43 @@ def expected_errors(a, world: int) -> dict[str, str]:
 
 # ---------------------------------------------------------------- the tests
 
-def launch(tmp: Path, name: str, nproc: int, role: str, stage: int, precision: str, ckpt: Path) -> dict:
+def launch(tmp: Path, name: str, nproc: int, jobs: list[dict]) -> dict:
     out, log = tmp / f"{name}.pt", tmp / f"{name}.log"
     env = {k: v for k, v in os.environ.items()
            if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
     env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), DS_ACCELERATOR="cpu", HF_HUB_OFFLINE="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           __file__, role, f"--stage={stage}", f"--precision={precision}", f"--ckpt={ckpt}", f"--out={out}"]
+           __file__, f"--jobs={json.dumps(jobs, default=str)}", f"--out={out}"]
     with open(log, "w") as f:
         proc = subprocess.run(cmd, env=env, stdout=f, stderr=subprocess.STDOUT, timeout=240)
     assert proc.returncode == 0, log.read_text()[-4000:]
     return torch.load(out, weights_only=False)
 
 
+def job(name: str, role: str, stage: int, precision: str, ckpt: Path) -> dict:
+    """stage 20: ZeRO-2 with the optimizer offloaded (zero2_offload.json, DeepSpeed's CPU Adam)."""
+    return {"name": name, "role": role, "stage": stage, "precision": precision, "ckpt": str(ckpt)}
+
+
 @pytest.fixture(scope="module")
-def saved(tmp_path_factory) -> dict:
-    """The checkpoints (each with its run's state and continuation), made once per file."""
+def runs(tmp_path_factory) -> dict:
+    """Every save and every load of this file, in four process groups (a DeepSpeed start is most of
+    a run's time): name -> {ckpt, before, meta, state, losses} or {errors}."""
     tmp = tmp_path_factory.mktemp("elastic")
-    runs = {}
-    for name, (nproc, stage, precision) in {"n2_z2_bf16": (2, 2, "bf16"), "n1_z2_fp32": (1, 2, "fp32"),
-                                            "n2_z3_bf16": (2, 3, "bf16"),
-                                            "n1_z2offload_bf16": (1, 20, "bf16")}.items():
-        ckpt = tmp / name
-        runs[name] = {"ckpt": ckpt, **launch(tmp, name, nproc, "save", stage, precision, ckpt)}
-    runs["tmp"] = tmp
-    return runs
+    ck = {n: tmp / n for n in ("n2_z2_bf16", "n2_z3_bf16", "n1_z2_fp32", "n1_z2offload_bf16")}
+    out = launch(tmp, "save2", 2, [job("n2_z2_bf16", "save", 2, "bf16", ck["n2_z2_bf16"]),
+                                   job("n2_z3_bf16", "save", 3, "bf16", ck["n2_z3_bf16"])])
+    out |= launch(tmp, "save1", 1, [job("n1_z2_fp32", "save", 2, "fp32", ck["n1_z2_fp32"]),
+                                    job("n1_z2offload_bf16", "save", 20, "bf16", ck["n1_z2offload_bf16"])])
+    for name, path in ck.items():
+        out[name]["ckpt"] = path
+    out |= launch(tmp, "load1", 1, [job("m1_z2_bf16", "load", 2, "bf16", ck["n2_z2_bf16"]),
+                                    job("m1_z3_bf16", "load", 3, "bf16", ck["n2_z3_bf16"]),
+                                    job("errors", "errors", 2, "bf16", ck["n2_z2_bf16"])])
+    out |= launch(tmp, "load2", 2, [job("m2_z3_fp32", "load", 3, "fp32", ck["n1_z2_fp32"]),
+                                    job("m2_z2_bf16", "load", 2, "bf16", ck["n2_z3_bf16"]),
+                                    job("m2_z2_from_offload", "load", 2, "bf16", ck["n1_z2offload_bf16"])])
+    return out
 
 
 def assert_resumed(save: dict, load: dict, precision: str) -> None:
@@ -219,11 +235,10 @@ def assert_resumed(save: dict, load: dict, precision: str) -> None:
     assert save["before"][0] > save["losses"][-1]  # it learns: the steps are not no-ops
 
 
-def test_two_ranks_to_one_bf16_zero2(saved):
+def test_two_ranks_to_one_bf16_zero2(runs):
     """N=2 -> M=1, ZeRO-2, bf16 (the shipped zero2.json); the shares are ~1/2 of the bytes each."""
-    save = saved["n2_z2_bf16"]
-    load = launch(saved["tmp"], "m1_z2_bf16", 1, "load", 2, "bf16", save["ckpt"])
-    assert_resumed(save, load, "bf16")
+    save = runs["n2_z2_bf16"]
+    assert_resumed(save, runs["m1_z2_bf16"], "bf16")
     meta = save["meta"]
     assert (meta["world_size"], meta["zero_stage"], meta["bf16"], meta["adam_step"]) == (2, 2, True, SAVE_AT)
     folder = save["ckpt"] / "elastic"
@@ -236,33 +251,25 @@ def test_two_ranks_to_one_bf16_zero2(saved):
         assert 12 * n <= size <= 12 * n + 20_000, (file, n, size)
 
 
-def test_one_rank_to_two_fp32_zero2_to_zero3(saved):
-    save = saved["n1_z2_fp32"]
-    load = launch(saved["tmp"], "m2_z3_fp32", 2, "load", 3, "fp32", save["ckpt"])
-    assert_resumed(save, load, "fp32")
+def test_one_rank_to_two_fp32_zero2_to_zero3(runs):
+    assert_resumed(runs["n1_z2_fp32"], runs["m2_z3_fp32"], "fp32")
 
 
-def test_two_ranks_zero3_to_zero2_bf16(saved):
-    save = saved["n2_z3_bf16"]
-    load = launch(saved["tmp"], "m2_z2_bf16", 2, "load", 2, "bf16", save["ckpt"])
-    assert_resumed(save, load, "bf16")
+def test_two_ranks_zero3_to_zero2_bf16(runs):
+    assert_resumed(runs["n2_z3_bf16"], runs["m2_z2_bf16"], "bf16")
 
 
-def test_two_ranks_zero3_to_one_zero3_bf16(saved):
-    save = saved["n2_z3_bf16"]
-    load = launch(saved["tmp"], "m1_z3_bf16", 1, "load", 3, "bf16", save["ckpt"])
-    assert_resumed(save, load, "bf16")
+def test_two_ranks_zero3_to_one_zero3_bf16(runs):
+    assert_resumed(runs["n2_z3_bf16"], runs["m1_z3_bf16"], "bf16")
 
 
-def test_cpu_adam_offload_to_two_ranks_zero2(saved):
+def test_cpu_adam_offload_to_two_ranks_zero2(runs):
     """zero2_offload.json (DeepSpeed's CPU Adam keeps the step as an int) -> 2 ranks of zero2.json."""
-    save = saved["n1_z2offload_bf16"]
-    load = launch(saved["tmp"], "m2_z2_from_offload", 2, "load", 2, "bf16", save["ckpt"])
-    assert_resumed(save, load, "bf16")
+    assert_resumed(runs["n1_z2offload_bf16"], runs["m2_z2_from_offload"], "bf16")
 
 
-def test_mismatches_are_errors(saved):
-    errors = launch(saved["tmp"], "errors", 1, "errors", 2, "bf16", saved["n2_z2_bf16"]["ckpt"])["errors"]
+def test_mismatches_are_errors(runs):
+    errors = runs["errors"]["errors"]
     assert "meta.json" in errors["shape"] and "parameter 0.weight has shape [64, 16]" in errors["shape"]
     assert "[48, 16] in the model" in errors["shape"]
     assert "params_00001.pt: missing" in errors["missing"]
