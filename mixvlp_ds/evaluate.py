@@ -17,7 +17,6 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from mixvlp_ds.apps import metrics, plots, tables
@@ -92,10 +91,12 @@ def eval_retrieval(model_dir: Path, shards: str, split: str, batch_size: int = 3
 
 def eval_regen(checkpoint: str, shards: str, split: str, out: Path, num_images: int = 64, grids: int = 8,
                batch_size: int = 16, seed: int = 0) -> dict:
-    """Regeneration metrics of one pre-trained model over the first `num_images` images of a split."""
+    """Regeneration metrics of one pre-trained model over the first `num_images` images of a split,
+    beside the two references (apps/regeneration.py) on the same images and masks: the model's
+    numbers at the top level, the comparison in "rows" (with the images' keys)."""
     import tempfile
 
-    from mixvlp_ds.apps.regeneration import image_metrics, regenerate_images, save_grid
+    from mixvlp_ds.apps.regeneration import save_grid, with_references
     from mixvlp_ds.data.reader import iter_samples
     from mixvlp_ds.model import MixVLP
     with tempfile.TemporaryDirectory() as cache:
@@ -103,25 +104,21 @@ def eval_regen(checkpoint: str, shards: str, split: str, out: Path, num_images: 
     if model.cfg.fusion == "unit":
         raise ValueError("regeneration of UNIT needs reports too; evaluate a UWOX / AIAYN-image model")
     size = model.cfg.image_size
-    pyramids = []
+    pyramids, keys = [], []
     for s in iter_samples(shards, split, image_size=size):
         if s["pyramid"] is not None:
             pyramids.append(s["pyramid"])
+            keys.append(s["key"])
             if len(pyramids) >= num_images:
                 break
     if not pyramids:
         raise ValueError(f"{shards}: split {split!r} has no images")
-    originals, regenerated = [], []
-    for i in range(0, len(pyramids), batch_size):
-        chunk = pyramids[i:i + batch_size]
-        pyr = [torch.from_numpy(np.stack([p[level] for p in chunk])) for level in range(3)]
-        regenerated.append(regenerate_images(model, pyr, model.cfg.image_mask_ratio, seed + i))
-        originals.append(pyr[0].numpy())
-    orig, regen = np.concatenate(originals), np.concatenate(regenerated)
-    res = image_metrics(orig, regen)
+    both = with_references(model, pyramids, seed, batch_size)
+    orig, regen = both["images"]["original"], both["images"]["model"]
+    res = dict(both["rows"]["model"])
     name = f"{'ms' if model.cfg.multiscale else 'ss'}_B{model.cfg.block_size}"
-    res.update(variant=name, patches=model.cfg.num_patches,
-               checkpoint=checkpoint, image_size=size)
+    res.update(variant=name, patches=model.cfg.num_patches, checkpoint=checkpoint, image_size=size,
+               block_size=model.cfg.block_size, keys=keys, rows=both["rows"], images=both["images"])
     res["grids"] = [str(save_grid(orig[k], regen[k], out / "grids" / name / f"{k:03d}.png"))
                     for k in range(min(grids, len(orig)))]
     return res
@@ -146,13 +143,20 @@ def main(argv: list[str] | None = None) -> dict:
     if args.task == "regen":
         if not args.checkpoint:
             p.error("--task regen needs --checkpoint DIR [DIR ...]")
+        from mixvlp_ds.apps.regeneration import reference_table
+
         rows = {}
         for c in args.checkpoint:
             r = eval_regen(c, args.shards, args.split, out, args.num_images, args.grids,
                            min(args.batch_size, 16))
+            r.pop("images")
             rows[r["variant"]] = r
-        md = tables.table4b(rows)
-        brief = {k: {kk: vv for kk, vv in v.items() if kk != "per_image"} for k, v in rows.items()}
+        md = tables.table4b(rows) + "".join(f"\n\n{name} beside the references (same images, same masks)\n\n"
+                                            + reference_table(r["rows"]) for name, r in rows.items())
+        brief = {k: {kk: vv for kk, vv in v.items() if kk not in ("per_image", "rows")}
+                 | {"references": {ref: {m: row[m] for m in ("mse", "psnr", "ssim", "model_better_share")}
+                                   for ref, row in v["rows"].items()}}
+                 for k, v in rows.items()}
         per_image = {k: v["per_image"] for k, v in rows.items()}
         summary = {"task": "regen", "results": brief, "per_image": per_image}
     else:

@@ -6,9 +6,11 @@
    labelled test institution) and writes them as WebDataset shards (32 px pyramids);
 2. trains a WordPiece tokenizer on the mimic-like training reports;
 3. pre-trains a tiny UWOX model with the Mix-up 2 sampler (configs/quickstart_pretrain.yaml);
-4. fine-tunes and evaluates classification (AUC) and hash retrieval (P@K) on openi-like, and
-   evaluates patch regeneration (MSE/PSNR/SSIM) on its test images;
-5. prints the tables and says where the results, plots and checkpoints are.
+4. fine-tunes and evaluates classification (AUC) and hash retrieval (P@K) on openi-like, and the
+   same classification from random initialisation; evaluates patch regeneration (MSE/PSNR/SSIM) on
+   its test images beside the neighbour-mean fill and the upsampled coarse level;
+5. prints the tables, then each objective beside its reference on the same rows (apps/objectives.py:
+   also <out>/summary.json), and says where the results, plots and checkpoints are.
 
 Every step is skipped when its output is already there, so a second run only prints.
 """
@@ -74,6 +76,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=1500, help="pre-training optimizer steps")
     p.add_argument("--workers", type=int, default=2, help="processes for sharding")
     p.add_argument("--scale", type=float, default=1.0, help="scale the synthetic record counts")
+    p.add_argument("--seed", type=int, default=0, help="training seed: pre-training and fine-tuning "
+                   "(the synthetic institutions stay the same)")
     args = p.parse_args(argv)
     out, t0 = Path(args.out), time.time()
     # Tiny models gain nothing from more threads, and on a busy machine OpenMP threads spin-wait
@@ -92,19 +96,24 @@ def main(argv: list[str] | None = None) -> None:
 
     model_dir, _ = pretrain_once(CONFIGS / PRETRAIN_CONFIG, out / "pretrain",
                                  [f"tokenizer={tok}", f"train.steps={args.steps}", "train.log_every=50",
+                                  f"train.seed={args.seed}",
                                   *source_overrides(shards)])
 
     from mixvlp_ds.apps.finetune import main as finetune
     from mixvlp_ds.evaluate import main as evaluate
 
     results = {}
-    for task in ("cls", "retrieval"):
-        step(f"4/5 fine-tune + evaluate on openi-like: {task}")
-        d = out / f"finetune_{task}"
+    for task, init, name in (("cls", model_dir, "cls"), ("retrieval", model_dir, "retrieval"),
+                             ("cls", "", "cls_scratch")):
+        what = "from random initialisation (the reference)" if not init else "from the pre-trained model"
+        step(f"4/5 fine-tune + evaluate on openi-like: {task}, {what}")
+        d = out / f"finetune_{name}"
         if not (d / "results.json").is_file():
-            finetune(["--config", str(CONFIGS / FINETUNE_CONFIG), "--task", task, f"init={model_dir}",
-                      f"shards={shards['openi-like']}", f"output_dir={d}"])
-        results[task] = d
+            # from scratch: the config's model_preset / model_arch (the pre-trained model's sizes)
+            scratch = [] if init else [f"tokenizer={model_dir / 'tokenizer'}"]
+            finetune(["--config", str(CONFIGS / FINETUNE_CONFIG), "--task", task, "--init", str(init),
+                      f"shards={shards['openi-like']}", f"output_dir={d}", f"seed={args.seed}", *scratch])
+        results[name] = d
 
     step("5/5 regeneration on openi-like test images")
     d = out / "regen"
@@ -117,6 +126,11 @@ def main(argv: list[str] | None = None) -> None:
     for name, d in results.items():
         print(f"\n## {name}  ({d / 'results.json'})\n")
         print((d / "results.md").read_text())
+    from mixvlp_ds.apps.objectives import objectives_table, summarize
+
+    summary = summarize(out, str(shards["openi-like"]), model_dir, time.time() - t0)
+    print(f"\n## each objective beside its reference  ({out / 'summary.json'})\n")
+    print(objectives_table(summary))
     print(f"checkpoints: {out / 'pretrain' / 'checkpoints'}   exported model: {model_dir}")
     print(f"plots: {sorted(str(p) for p in out.rglob('*.png'))[:6]} ...")
     print(f"metrics log: {out / 'pretrain' / 'metrics.jsonl'}   total time: {time.time() - t0:.0f} s")

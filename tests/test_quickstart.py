@@ -22,6 +22,17 @@ def test_quickstart_runs_every_stage_and_skips_them_on_rerun(tmp_path, capsys):
     regen = json.loads((run / "regen" / "results.json").read_text())
     assert regen and list(run.glob("regen/grids/*/*.png"))
     assert "| img_only |" in first and "| query | P@1 |" in first and "PSNR" in first
+    # every objective beside its reference, printed and in summary.json (issue 13's keys)
+    summary = json.loads((run / "summary.json").read_text())
+    for key in ("img_only_auc", "img_only_auc_ci", "txt_only_auc", "tfidf_auc", "pair_auc", "regen_psnr",
+                "regen_psnr_neighbour", "regen_psnr_coarse", "seconds", "scratch_img_only_auc"):
+        assert key in summary, key
+    lo, hi = summary["img_only_auc_ci"]
+    assert lo <= summary["img_only_auc"] <= hi and 0.0 <= summary["pair_auc"] <= 1.0
+    assert summary["regen_psnr_coarse"] > summary["regen_psnr_neighbour"] > 0   # smooth synthetic images
+    assert set(summary["p_at_1_random_codes"]) == {"image", "text", "image+text"}
+    assert "each objective beside its reference" in first and "upsampled coarse level" in first
+    assert (run / "finetune_cls_scratch" / "results.json").is_file()
     main(args)  # everything is there: only the tables are printed again
     second = capsys.readouterr().out
     assert "already written" in second and "already pre-trained" in second

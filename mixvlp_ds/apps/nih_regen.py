@@ -40,45 +40,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from mixvlp_ds.apps.regeneration import disjoint_masks, image_metrics, regenerate_images
+from mixvlp_ds.apps.regeneration import reference_table
 from mixvlp_ds.shipped import folder
 
 DEFAULT_CONFIG = folder("configs") / "nih_regen_pretrain.yaml"
 
 
-# ----------------------------------------------------------------------------- references
-def neighbour_mean(images: np.ndarray, masks: torch.Tensor, block: int) -> np.ndarray:
-    """(B, S, S) uint8, (P, N) disjoint finest-level masks -> (B, S, S) uint8: every patch, in the
-    pass that masks it, filled with the mean pixel of its visible 8-neighbour patches."""
-    b, s, _ = images.shape
-    side = s // block
-    means = images.reshape(b, side, block, side, block).astype(np.float64).mean(axis=(2, 4))
-    out = np.zeros((b, s, s))
-    shifts = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0)]
-    for m in masks:
-        masked = m.view(side, side).numpy()
-        visible = (~masked).astype(np.float64)
-        vals = np.pad(means * visible, ((0, 0), (1, 1), (1, 1)))
-        cnt = np.pad(visible, 1)
-        total = sum(vals[:, 1 + dy:1 + dy + side, 1 + dx:1 + dx + side] for dy, dx in shifts)
-        count = sum(cnt[1 + dy:1 + dy + side, 1 + dx:1 + dx + side] for dy, dx in shifts)
-        # a patch whose 8 neighbours are all masked takes the mean of the visible patches
-        fallback = (means * visible).sum(axis=(1, 2)) / max(visible.sum(), 1.0)
-        fill = np.where(count > 0, total / np.maximum(count, 1.0), fallback[:, None, None])
-        pix = np.kron(masked, np.ones((block, block), dtype=bool))
-        out[:, pix] = np.kron(fill, np.ones((1, block, block)))[:, pix]
-    return np.clip(np.round(out), 0, 255).astype(np.uint8)
-
-
-def coarse_upsampled(half: np.ndarray, size: int) -> np.ndarray:
-    """(B, S/2, S/2) uint8 pyramid level -> (B, S, S) uint8, bilinear."""
-    x = torch.from_numpy(half).float()[:, None]
-    up = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)[:, 0]
-    return up.round().clamp(0, 255).to(torch.uint8).numpy()
-
-
+# ----------------------------------------------------------------------------- figures
 def compare_grid(columns: list[np.ndarray], path: Path, zoom: int = 2) -> Path:
     """One PNG of equally sized uint8 images side by side (nearest-neighbour zoom, 4 px gaps)."""
     from PIL import Image
@@ -162,52 +131,19 @@ def pretrain(config: Path, out: Path, shards: dict, tokenizer: str, overrides: l
 
 def evaluate(model_dir: Path, nih_shards: str, split: str, out: Path, num_images: int, grids: int,
              seed: int = 0, batch_size: int = 16) -> dict:
-    """The model (eval_regen) and the two references on the same held-out images and masks."""
-    from mixvlp_ds.data.reader import iter_samples
+    """The model beside the two references on the same held-out images and masks (eval_regen), and
+    the comparison grids."""
     from mixvlp_ds.evaluate import eval_regen
-    from mixvlp_ds.model import MixVLP
 
-    official = eval_regen(str(model_dir), nih_shards, split, out, num_images or 10**9, grids,
-                          batch_size, seed)
-    model = MixVLP.from_pretrained(model_dir).eval()
-    size, block, ratio = model.cfg.image_size, model.cfg.block_size, model.cfg.image_mask_ratio
-    samples = [s for s in iter_samples(nih_shards, split, image_size=size) if s["pyramid"] is not None]
-    samples = samples[:num_images] if num_images else samples
-    n = model.cfg.patches_per_level()[0]
-    cols: dict[str, list[np.ndarray]] = {"original": [], "model": [], "coarse": [], "neighbour": []}
-    for i in range(0, len(samples), batch_size):        # the batches and seeds of eval_regen
-        chunk = [s["pyramid"] for s in samples[i:i + batch_size]]
-        pyr = [torch.from_numpy(np.stack([p[level] for p in chunk])) for level in range(3)]
-        masks = disjoint_masks(n, ratio, torch.Generator().manual_seed(seed + i))
-        cols["model"].append(regenerate_images(model, pyr, ratio, seed + i))
-        cols["original"].append(pyr[0].numpy())
-        cols["coarse"].append(coarse_upsampled(pyr[1].numpy(), size))
-        cols["neighbour"].append(neighbour_mean(pyr[0].numpy(), masks, block))
-    arr = {k: np.concatenate(v) for k, v in cols.items()}
-    rows = {name: image_metrics(arr["original"], arr[key])
-            for name, key in [("model", "model"), ("coarse level upsampled", "coarse"),
-                              ("neighbour mean", "neighbour")]}
-    if abs(rows["model"]["mse"] - official["mse"]) > 1e-6 * max(1.0, official["mse"]):
-        raise RuntimeError(f"model MSE {rows['model']['mse']} differs from eval_regen's {official['mse']}")
-    mse_model = np.array(rows["model"]["per_image"]["mse"])
-    for r in rows.values():
-        r["model_better_share"] = float(np.mean(mse_model < np.array(r["per_image"]["mse"])))
+    res = eval_regen(str(model_dir), nih_shards, split, out, num_images or 10**9, grids, batch_size, seed)
+    arr = res.pop("images")
     err = np.abs(arr["original"].astype(np.int16) - arr["model"].astype(np.int16)).astype(np.uint8)
     compare = [str(compare_grid([arr["original"][k], arr["model"][k], arr["coarse"][k],
                                  arr["neighbour"][k], err[k]], out / "grids" / "compare" / f"{k:03d}.png"))
-               for k in range(min(grids, len(samples)))]
-    keys = [s["key"] for s in samples]
-    return {"variant": official["variant"], "image_size": size, "block_size": block, "n": len(samples),
-            "keys": keys, "rows": rows, "grids": official["grids"], "compare_grids": compare}
-
-
-def table(rows: dict) -> str:
-    lines = ["| regeneration | MSE (0-255) | PSNR (dB) | SSIM | model better (per-image MSE) |",
-             "|---|---|---|---|---|"]
-    for name, r in rows.items():
-        better = "-" if name == "model" else f"{100 * r['model_better_share']:.0f}%"
-        lines.append(f"| {name} | {r['mse']:.1f} | {r['psnr']:.2f} | {r['ssim']:.4f} | {better} |")
-    return "\n".join(lines)
+               for k in range(min(grids, len(err)))]
+    return {"variant": res["variant"], "image_size": res["image_size"], "block_size": res["block_size"],
+            "n": res["n"], "keys": res["keys"], "rows": res["rows"], "grids": res["grids"],
+            "compare_grids": compare}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -257,7 +193,7 @@ def main(argv: list[str] | None = None) -> dict:
     last = steps[max(steps)] if steps else {}
     md = (f"Regeneration of {res['n']} held-out real NIH radiographs (split {args.split}, "
           f"{held['eval_patients']} patients, none in pre-training), {size} px, {res['variant']}\n\n"
-          + table(res["rows"]))
+          + reference_table(res["rows"]))
     summary = {
         "task": "nih_regen", "held_out": held, "shards": shards, "pretrain_command": pretrain_cmd,
         "model_dir": str(model_dir), "model": {k: getattr(run.model, k) for k in

@@ -5,6 +5,11 @@ The N finest-level patches are split into ceil(1 / 0.15) = 7 disjoint random gro
 level mask) and keeps the predictions of exactly those patches; after 7 passes every patch has
 been predicted once, from a view that did not contain it. MSE (0-255), PSNR (dB) and SSIM compare
 the assembled image with the original; PNG grids show original | regenerated | |error|.
+
+Two references that need no training, scored on the same images with the same masks:
+  - coarse level upsampled: the half-resolution pyramid level, bilinearly upsampled. The model sees
+    this level intact while it regenerates, so a model below it has not learnt to use it;
+  - neighbour mean: each masked patch filled with the mean of its visible 8-neighbour patches.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from mixvlp_ds.apps import metrics
 
@@ -74,3 +80,68 @@ def save_grid(original: np.ndarray, regenerated: np.ndarray, path: str | Path) -
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(grid, mode="L").save(path)
     return path
+
+
+# ----------------------------------------------------------------------------- references
+def neighbour_mean(images: np.ndarray, masks: torch.Tensor, block: int) -> np.ndarray:
+    """(B, S, S) uint8, (P, N) disjoint finest-level masks -> (B, S, S) uint8: every patch, in the
+    pass that masks it, filled with the mean pixel of its visible 8-neighbour patches."""
+    b, s, _ = images.shape
+    side = s // block
+    means = images.reshape(b, side, block, side, block).astype(np.float64).mean(axis=(2, 4))
+    out = np.zeros((b, s, s))
+    shifts = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0)]
+    for m in masks:
+        masked = m.view(side, side).numpy()
+        visible = (~masked).astype(np.float64)
+        vals = np.pad(means * visible, ((0, 0), (1, 1), (1, 1)))
+        cnt = np.pad(visible, 1)
+        total = sum(vals[:, 1 + dy:1 + dy + side, 1 + dx:1 + dx + side] for dy, dx in shifts)
+        count = sum(cnt[1 + dy:1 + dy + side, 1 + dx:1 + dx + side] for dy, dx in shifts)
+        # a patch whose 8 neighbours are all masked takes the mean of the visible patches
+        fallback = (means * visible).sum(axis=(1, 2)) / max(visible.sum(), 1.0)
+        fill = np.where(count > 0, total / np.maximum(count, 1.0), fallback[:, None, None])
+        pix = np.kron(masked, np.ones((block, block), dtype=bool))
+        out[:, pix] = np.kron(fill, np.ones((1, block, block)))[:, pix]
+    return np.clip(np.round(out), 0, 255).astype(np.uint8)
+
+
+def coarse_upsampled(half: np.ndarray, size: int) -> np.ndarray:
+    """(B, S/2, S/2) uint8 pyramid level -> (B, S, S) uint8, bilinear."""
+    x = torch.from_numpy(half).float()[:, None]
+    up = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)[:, 0]
+    return up.round().clamp(0, 255).to(torch.uint8).numpy()
+
+
+def with_references(model, pyramids: list[list[np.ndarray]], seed: int = 0, batch_size: int = 16) -> dict:
+    """The model and both references on the same images and masks: {"images": {original, model,
+    coarse, neighbour: (n, S, S) uint8}, "rows": {name: image_metrics + model_better_share}}. Batch
+    i uses seed + i for its masks (and the replacement patches), as `regenerate_images`."""
+    cfg = model.cfg
+    n = cfg.patches_per_level()[0]
+    cols: dict[str, list[np.ndarray]] = {"original": [], "model": [], "coarse": [], "neighbour": []}
+    for i in range(0, len(pyramids), batch_size):
+        chunk = pyramids[i:i + batch_size]
+        pyr = [torch.from_numpy(np.stack([p[level] for p in chunk])) for level in range(3)]
+        masks = disjoint_masks(n, cfg.image_mask_ratio, torch.Generator().manual_seed(seed + i))
+        cols["model"].append(regenerate_images(model, pyr, cfg.image_mask_ratio, seed + i))
+        cols["original"].append(pyr[0].numpy())
+        cols["coarse"].append(coarse_upsampled(pyr[1].numpy(), cfg.image_size))
+        cols["neighbour"].append(neighbour_mean(pyr[0].numpy(), masks, cfg.block_size))
+    arr = {k: np.concatenate(v) for k, v in cols.items()}
+    rows = {name: image_metrics(arr["original"], arr[key])
+            for name, key in [("model", "model"), ("coarse level upsampled", "coarse"),
+                              ("neighbour mean", "neighbour")]}
+    mse_model = np.array(rows["model"]["per_image"]["mse"])
+    for r in rows.values():
+        r["model_better_share"] = float(np.mean(mse_model < np.array(r["per_image"]["mse"])))
+    return {"images": arr, "rows": rows}
+
+
+def reference_table(rows: dict) -> str:
+    lines = ["| regeneration | MSE (0-255) | PSNR (dB) | SSIM | model better (per-image MSE) |",
+             "|---|---|---|---|---|"]
+    for name, r in rows.items():
+        better = "-" if name == "model" else f"{100 * r['model_better_share']:.0f}%"
+        lines.append(f"| {name} | {r['mse']:.1f} | {r['psnr']:.2f} | {r['ssim']:.4f} | {better} |")
+    return "\n".join(lines)

@@ -76,6 +76,12 @@ class ModelConfig:
     weight_co: float = 1.0
     # --- decoder (multi-scale: one block per level; single scale: MLP only, as AIAYN) ---
     decoder_intermediate: int = 0      # 0 = same as `intermediate`
+    # "attention": eqs. 12-13 as METHOD.md reads them (a finer level reads the coarser one through
+    # cross-attention only); "unpool": each finer query also receives its parent coarse token's
+    # decoded feature, unpooled to its quadrant (a learned 2x2 transposed projection), see decoder.py
+    decoder_top_down: Literal["attention", "unpool"] = "attention"
+    # the pixel MLP predicts the correction to the mid level (as the encoder saw it) upsampled
+    decoder_pixel_skip: bool = False
     pixel_head_hidden: int = 0         # 0 = same as `hidden`
     # --- memory ---
     activation_checkpointing: bool = False
@@ -130,6 +136,11 @@ class ModelConfig:
                 raise ConfigError(f"model.{name}={v} must be in [0, 1)")
         if not 2 <= self.max_text_len <= 512:
             raise ConfigError(f"model.max_text_len={self.max_text_len} must be in [2, 512]")
+        if self.decoder_top_down not in ("attention", "unpool"):
+            raise ConfigError(f"model.decoder_top_down={self.decoder_top_down!r} is not attention or unpool")
+        if not self.multiscale and (self.decoder_top_down != "attention" or self.decoder_pixel_skip):
+            raise ConfigError("model.decoder_top_down / decoder_pixel_skip need the multi-scale decoder "
+                              "(a single-scale model has no coarser level)")
 
     # --- derived sizes ---
     @property

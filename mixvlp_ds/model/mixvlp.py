@@ -153,7 +153,7 @@ class MixVLP(nn.Module):
                       for x, m, s in zip(levels, batch["patch_mask"], batch["patch_source"], strict=False)]
             state.update(has_image=has_image, target=levels[0],
                          img_mask=batch["patch_mask"][0].to(dev) & has_image[:, None],
-                         e_img=self.encode_levels(masked))
+                         e_img=self.encode_levels(masked), seen=masked)
         return state
 
     def forward_fusion(self, state: dict) -> dict:
@@ -170,9 +170,22 @@ class MixVLP(nn.Module):
             state["pair_weight"] = state["has_image"] & state["has_text"]
         return state
 
-    def forward_decoder(self, f_img: list[torch.Tensor]) -> torch.Tensor:
-        """Eqs. 11-13 + MLP: [F_l (B, N_l, C)] -> predicted finest patches (B, N_down, B*B)."""
-        return self.decoder(f_img)
+    def forward_decoder(self, f_img: list[torch.Tensor], seen: list[torch.Tensor]) -> torch.Tensor:
+        """Eqs. 11-13 + MLP: [F_l (B, N_l, C)] -> predicted finest patches (B, N_down, B*B). `seen`:
+        the levels' patches as the encoder saw them (masked ones replaced); with
+        cfg.decoder_pixel_skip the MLP predicts the correction to the mid level, upsampled."""
+        pred = self.decoder(f_img)
+        if self.cfg.decoder_pixel_skip:
+            pred = pred + self.upsampled_mid(seen[1])
+        return pred
+
+    def upsampled_mid(self, mid: torch.Tensor) -> torch.Tensor:
+        """(B, N_mid, B*B) mid-level patches -> the level bilinearly upsampled to the finest grid, as
+        finest-level patches (B, N_down, B*B)."""
+        b = self.cfg.block_size
+        image = unpatchify(mid, b)[:, None]                                  # (B, 1, S/2, S/2)
+        up = nn.functional.interpolate(image, scale_factor=2, mode="bilinear", align_corners=False)
+        return patchify(up[:, 0], b)
 
     def forward_loss(self, state: dict) -> dict:
         """L = w_txt L_txt + w_img L_img + w_co L_co, each a masked mean in fp32, with its count
@@ -185,7 +198,7 @@ class MixVLP(nn.Module):
             words = f_txt.gather(1, positions[:, :, None].expand(-1, -1, f_txt.shape[-1]))   # (B, K, C)
             out["L_txt"], out["n_txt"] = text_loss(self.word_head(words), targets)
         if "f_img" in state:
-            pred = self.forward_decoder(state["f_img"])
+            pred = self.forward_decoder(state["f_img"], state["seen"])
             out["L_img"], out["n_img"] = image_loss(pred, state["target"], state["img_mask"])
         if "pair_logits" in state:
             out["L_co"], out["n_co"] = pair_loss(state["pair_logits"], state["pair"], state["pair_weight"])
@@ -253,7 +266,7 @@ class MixVLP(nn.Module):
         if input_ids is not None:
             txt_mask = attention_mask.to(self.device).bool()
             e_txt = self.encode_words(input_ids, txt_mask)
-        pred = self.forward_decoder(self.fuse(e_txt, txt_mask, e_img)[1]).float()
+        pred = self.forward_decoder(self.fuse(e_txt, txt_mask, e_img)[1], masked).float()
         out = torch.where(masks[0][:, :, None], pred.clamp(0, 1), levels[0].float())
         return unpatchify(out, self.cfg.block_size)
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from mixvlp_ds.apps import nih_regen
+from mixvlp_ds.apps import nih_regen, regeneration
 from mixvlp_ds.apps.regeneration import disjoint_masks
 
 TINY = ["model.image_size=32", "model.hidden=32", "model.layers=1", "model.heads=2",
@@ -78,7 +78,7 @@ def test_neighbour_mean_fills_masked_patches_from_visible_neighbours():
     patch_values = np.arange(16, dtype=np.float64).reshape(side, side) * 10
     img = np.kron(patch_values, np.ones((block, block))).astype(np.uint8)[None]
     masks = disjoint_masks(side * side, 0.15, torch.Generator().manual_seed(0))
-    out = nih_regen.neighbour_mean(img, masks, block)[0]
+    out = regeneration.neighbour_mean(img, masks, block)[0]
     # patch (1, 1) = 50: its neighbours in the pass that masks it, minus the masked ones
     p = next(i for i, m in enumerate(masks) if m[5])
     masked = masks[p].view(side, side).numpy()
@@ -87,12 +87,12 @@ def test_neighbour_mean_fills_masked_patches_from_visible_neighbours():
     assert out[2, 2] == out[3, 3] == round(np.mean(neigh))
     # a flat image is regenerated exactly
     flat = np.full((1, 8, 8), 77, np.uint8)
-    assert (nih_regen.neighbour_mean(flat, masks, block) == 77).all()
+    assert (regeneration.neighbour_mean(flat, masks, block) == 77).all()
 
 
 def test_coarse_upsampled_is_exact_on_flat_and_interpolates_between():
-    assert (nih_regen.coarse_upsampled(np.full((2, 4, 4), 90, np.uint8), 8) == 90).all()
+    assert (regeneration.coarse_upsampled(np.full((2, 4, 4), 90, np.uint8), 8) == 90).all()
     half = np.zeros((1, 2, 2), np.uint8)
     half[0, :, 1] = 200
-    up = nih_regen.coarse_upsampled(half, 4)[0]
+    up = regeneration.coarse_upsampled(half, 4)[0]
     assert up[0, 0] == 0 and up[0, 3] == 200 and 0 < up[0, 1] < up[0, 2] < 200

@@ -1,0 +1,99 @@
+"""The main job's last step: what each objective learnt, beside a reference on the same rows.
+
+    summary = summarize(out, shards, model_dir, seconds)   # writes <out>/summary.json, returns it
+    print(objectives_table(summary))
+
+Rows (all on the labelled institution's test split; the fine-tuning heads saw its train split):
+    regeneration      model PSNR / SSIM   vs the neighbour-mean fill and the upsampled coarse level
+    pair matching     AUC of I_pair, own report vs a report with other findings   vs chance (0.5)
+    classification    img_only / txt_only mean AUC with a bootstrap 95% interval over test images,
+                      vs the same fine-tuning from random initialisation and, for the text, TF-IDF +
+                      logistic regression fitted on the same training rows
+    retrieval         P@1 per query type   vs random 64-bit codes
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from mixvlp_ds.apps.references import bootstrap_mean_auc, mean_auc_of, tfidf_mean_auc
+
+
+def classification(finetune_dir: Path, row: str) -> dict:
+    """Mean AUC and its bootstrap interval of one fine-tuned head (its saved test scores)."""
+    saved = np.load(finetune_dir / "models" / row / "eval_scores.npz")
+    labels, scores = saved["labels"], saved["scores"]
+    lo, hi = bootstrap_mean_auc(labels, scores)
+    return {"auc": mean_auc_of(labels, scores), "ci": [lo, hi], "n": int(len(labels))}
+
+
+def text_reference(shards: str, label_space: str | None = None) -> dict:
+    """TF-IDF + logistic regression on the fine-tuning rows (train -> test), the txt_only policy."""
+    from mixvlp_ds.apps.classification import apply_label_policy
+    from mixvlp_ds.apps.rows import labelled_samples
+
+    def rows(split):
+        samples = [s for s in labelled_samples(shards, split, label_space) if s["text"]]
+        labels = apply_label_policy(np.stack([s["labels"] for s in samples]), "zeros")
+        return [s["text"] for s in samples], labels
+
+    (tr_x, tr_y), (te_x, te_y) = rows("train"), rows("test")
+    auc, _ = tfidf_mean_auc(tr_x, tr_y, te_x, te_y)
+    return {"auc": auc, "n_train": len(tr_x), "n_test": len(te_x)}
+
+
+def summarize(out: Path, shards: str, model_dir: Path, seconds: float) -> dict:
+    """Collect the main job's results and references into <out>/summary.json."""
+    from mixvlp_ds.apps.probe import pair_match_auc
+    from mixvlp_ds.model import MixVLP
+
+    regen = json.loads((out / "regen" / "results.json").read_text())["results"]
+    refs = next(iter(regen.values()))["references"]
+    model = MixVLP.from_pretrained(model_dir).eval()
+    pair = pair_match_auc(model, model_dir / "tokenizer", shards, "test")
+    img = classification(out / "finetune_cls", "img_only")
+    txt = classification(out / "finetune_cls", "txt_only")
+    scratch = {row: classification(out / "finetune_cls_scratch", row) for row in ("img_only", "txt_only")}
+    retrieval = json.loads((out / "finetune_retrieval" / "results.json").read_text())["results"]
+    summary = {
+        "img_only_auc": img["auc"], "img_only_auc_ci": img["ci"],
+        "txt_only_auc": txt["auc"], "txt_only_auc_ci": txt["ci"],
+        "scratch_img_only_auc": scratch["img_only"]["auc"],
+        "scratch_txt_only_auc": scratch["txt_only"]["auc"],
+        "tfidf_auc": text_reference(shards)["auc"],
+        "pair_auc": pair["auc"],
+        "regen_psnr": refs["model"]["psnr"], "regen_ssim": refs["model"]["ssim"],
+        "regen_psnr_neighbour": refs["neighbour mean"]["psnr"],
+        "regen_ssim_neighbour": refs["neighbour mean"]["ssim"],
+        "regen_psnr_coarse": refs["coarse level upsampled"]["psnr"],
+        "regen_ssim_coarse": refs["coarse level upsampled"]["ssim"],
+        "p_at_1": {q: r["p_at_k"]["1"] for q, r in retrieval.items()},
+        "p_at_1_random_codes": {q: r["random_codes"]["1"] for q, r in retrieval.items()},
+        "seconds": round(seconds, 1),
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def objectives_table(s: dict) -> str:
+    def f(x):
+        return "n/a" if x is None else f"{x:.3f}"
+
+    lines = ["| objective | this model | reference(s), same rows |", "|---|---|---|",
+             f"| regeneration PSNR / SSIM (test images) | {s['regen_psnr']:.2f} dB / "
+             f"{s['regen_ssim']:.3f} | "
+             f"neighbour mean {s['regen_psnr_neighbour']:.2f} dB / {s['regen_ssim_neighbour']:.3f}; "
+             f"upsampled coarse level {s['regen_psnr_coarse']:.2f} dB / {s['regen_ssim_coarse']:.3f} |",
+             f"| pair matching AUC (own vs other-findings report) | {f(s['pair_auc'])} | chance 0.500 |",
+             f"| img_only mean AUC [95% CI] | {f(s['img_only_auc'])} [{f(s['img_only_auc_ci'][0])}, "
+             f"{f(s['img_only_auc_ci'][1])}] | random init {f(s['scratch_img_only_auc'])} |",
+             f"| txt_only mean AUC [95% CI] | {f(s['txt_only_auc'])} [{f(s['txt_only_auc_ci'][0])}, "
+             f"{f(s['txt_only_auc_ci'][1])}] | random init {f(s['scratch_txt_only_auc'])}; TF-IDF + LR "
+             f"{f(s['tfidf_auc'])} |"]
+    for q, p1 in s["p_at_1"].items():
+        chance = s["p_at_1_random_codes"][q]
+        lines.append(f"| retrieval P@1, {q} query | {f(p1)} | random 64-bit codes {f(chance)} |")
+    return "\n".join(lines)
