@@ -267,11 +267,20 @@ class PretrainLoader:
                         "derivation": "SeedSequence(seed, epoch, slot)"}}
 
     def load_state_dict(self, state: dict) -> None:
-        """This rank's own state, saved by a world of the same size (else: load_states of all ranks)."""
-        if state.get("world_size") != self.world_size:
-            raise ValueError(f"this loader state was saved by a world of {state.get('world_size')} ranks, "
-                             f"this one has {self.world_size}: load_states(every rank's state) resumes it")
-        self.load_states([dict(state, rank=r) for r in range(self.world_size)])
+        """This rank's own state, saved by a world of the same size and workers per rank (else:
+        load_states of every rank's state)."""
+        own = normalised(state)
+        if own["world_size"] != self.world_size or own["num_workers"] != self.workers:
+            raise ValueError(f"this loader state was saved by {own['world_size']} ranks x "
+                             f"{own['num_workers']} workers, this loader has {self.world_size} x "
+                             f"{self.workers}: load_states(every rank's state) resumes it")
+        self.close()
+        if not self._stream_changed([own]):
+            self._continue(own)
+
+    def _continue(self, own: dict) -> None:
+        self.epoch, self.progress = own["epoch"], own["progress"]
+        self.plan, self.next_worker = own["plan"], own["next_worker"]
 
     def load_states(self, states: list[dict]) -> None:
         """Resume from the loader states of ALL ranks of a checkpoint (rank order). Same world size and
@@ -284,11 +293,10 @@ class PretrainLoader:
         if len(states) != first["world_size"] or [s["rank"] for s in states] != list(range(len(states))):
             raise ValueError(f"loader states of ranks {[s['rank'] for s in states]} given, the checkpoint's "
                              f"world had {first['world_size']} ranks: all of them are needed, in rank order")
-        self._check_stream(first)
+        if self._stream_changed(states):
+            return
         if len(states) == self.world_size and first["num_workers"] == self.workers:
-            own = states[self.rank]
-            self.epoch, self.progress = own["epoch"], own["progress"]
-            self.plan, self.next_worker = own["plan"], own["next_worker"]
+            self._continue(states[self.rank])
             return
         policy = self.cfg.on_world_size_change
         what = (f"saved with world_size {first['world_size']} x {first['num_workers']} workers, "
@@ -310,22 +318,28 @@ class PretrainLoader:
         log.warning("data loader state %s: shards are dealt differently, so epoch %d %s", what,
                     self.epoch, "restarts from its beginning" if policy == "restart_epoch" else "begins")
 
-    def _check_stream(self, state: dict) -> None:
+    def _stream_changed(self, states: list[dict]) -> bool:
+        """Refuse a state of another seed or backend; with other sources or mixing (the saved
+        positions mean nothing then) refuse, or start the saved epoch (or the next) from its
+        beginning on this world (data.on_stream_change): True when it did."""
+        state = states[0]
         if state["seed"] != self.seed or state["backend"] != self.cfg.backend:
             raise ValueError(f"data loader state is for seed {state['seed']} / backend {state['backend']}, "
                              f"this loader has {self.seed} / {self.cfg.backend}")
         now = stream_fields(self.cfg, self.seed)
         changes = stream_changes(state["stream"], now) if "stream" in state else []
-        if changes and self.cfg.on_stream_change == "error":
+        if not changes:
+            return False
+        if self.cfg.on_stream_change == "error":
             raise ConfigError("the data sources or mixing changed since the checkpoint, so its positions in "
-                             "the data mean nothing now: " + "; ".join(changes)
-                             + " (data.on_stream_change=restart_epoch starts the saved epoch again with "
-                             "the new data; next_epoch starts the next one)")
-        if changes:
-            state["epoch"] += self.cfg.on_stream_change == "next_epoch"
-            state["progress"], state["plan"], state["next_worker"] = {}, {}, 0
-            log.warning("data changed since the checkpoint (%s): epoch %d starts from its beginning",
-                        "; ".join(changes), state["epoch"])
+                              "the data mean nothing now: " + "; ".join(changes)
+                              + " (data.on_stream_change=restart_epoch starts the saved epoch again with "
+                              "the new data; next_epoch starts the next one)")
+        self.epoch = min(s["epoch"] for s in states) + (self.cfg.on_stream_change == "next_epoch")
+        self.progress, self.plan, self.next_worker = {}, {}, 0
+        log.warning("data changed since the checkpoint (%s): epoch %d starts from its beginning",
+                    "; ".join(changes), self.epoch)
+        return True
 
     def fault_summary(self) -> dict:
         seen = sum(f["seen"] for f in self.faults.values())

@@ -118,6 +118,22 @@ def test_two_nodes_upload_their_own_ranks_and_rank0_commits(two_node_run):
     assert (node0 / "model" / "config.json").is_file()  # exported for fine-tuning
 
 
+def test_two_nodes_resume_on_one_process_from_s3(two_node_run, train_assets, tmp_path):
+    """Across nodes: each node uploaded its own rank's elastic share; one process on one node
+    downloads the committed checkpoint from S3 and continues from it (elastic)."""
+    uri, _ = two_node_run
+    manifest = S3Checkpoints(parse_s3_uri(uri)).committed_manifest(f"step_{STEPS:08d}")
+    files = {e["path"] for e in manifest["files"]}
+    assert {"elastic/params_00000.pt", "elastic/params_00001.pt", "elastic/meta.json"} <= files
+    log = tmp_path / "one.log"
+    # its own prefix for its checkpoints: the two-node run's stays as it was for the other tests
+    more = [f"train.resume={uri}", "train.ckpt_uri=s3://ckpt/one-from-two", f"train.steps={STEPS + 2}"]
+    finish([torchrun(train_assets["config"], tmp_path / "one", COMMON + more, nproc=1, log=log)], [log])
+    text = log.read_text()
+    assert "continuing from" in text and "elastic: world_size 2 (now 1)" in text
+    assert sorted(losses(tmp_path / "one")) == [STEPS + 1, STEPS + 2]
+
+
 def test_sigkill_then_resume_from_s3_gives_the_same_losses(two_node_run, train_assets, s3_server, tmp_path):
     ref = losses(two_node_run[1][0])
     uri = "s3://ckpt/killed"
