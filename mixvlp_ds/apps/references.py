@@ -12,14 +12,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from mixvlp_ds.apps import metrics
-
-
-def mean_auc_of(labels: np.ndarray, scores: np.ndarray) -> float | None:
-    """Mean ROC AUC over the findings with both classes among the rows (labels 0/1/NaN)."""
-    names = [str(k) for k in range(labels.shape[1])]
-    return metrics.mean_auc(metrics.auc_per_finding(labels, scores, names))
-
 
 def _auc(y: np.ndarray, s: np.ndarray) -> float | None:
     """ROC AUC of one finding (y 0/1, no NaN) by the rank-sum statistic, ties counted half: the
@@ -39,7 +31,9 @@ def _auc(y: np.ndarray, s: np.ndarray) -> float | None:
     return float((ranks[y == 1].sum() - pos * (pos + 1) / 2.0) / (pos * neg))
 
 
-def _mean_auc_fast(labels: np.ndarray, scores: np.ndarray) -> float | None:
+def mean_auc_of(labels: np.ndarray, scores: np.ndarray) -> float | None:
+    """Mean ROC AUC over the findings with both classes among the rows (labels 0/1/NaN): the value
+    of apps.metrics.mean_auc(auc_per_finding(...)), by the rank statistic above."""
     values = []
     for k in range(labels.shape[1]):
         keep = ~np.isnan(labels[:, k])
@@ -59,7 +53,7 @@ def bootstrap_mean_auc(labels: np.ndarray, scores: np.ndarray, n: int = 1000, se
     draws = []
     for _ in range(n):
         pick = rng.integers(0, rows, rows)
-        value = _mean_auc_fast(labels[pick], scores[pick])
+        value = mean_auc_of(labels[pick], scores[pick])
         if value is not None:
             draws.append(value)
     if not draws:

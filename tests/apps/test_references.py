@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
+from mixvlp_ds.apps import metrics
 from mixvlp_ds.apps.references import _auc, bootstrap_mean_auc, mean_auc_of, random_codes_p_at_1
 
 
@@ -21,6 +22,9 @@ def test_rank_auc_is_sklearns_with_ties():
         keep = ~np.isnan(y[:, k])
         assert _auc(y[keep, k], s[keep, k]) == pytest.approx(roc_auc_score(y[keep, k], s[keep, k]), abs=1e-12)
     assert _auc(np.zeros(4), np.arange(4.0)) is None
+    names = [str(k) for k in range(y.shape[1])]
+    sklearn_mean = metrics.mean_auc(metrics.auc_per_finding(y, s, names))
+    assert mean_auc_of(y, s) == pytest.approx(sklearn_mean, abs=1e-12)
 
 
 def test_bootstrap_interval_holds_the_estimate_and_narrows_with_more_rows():
