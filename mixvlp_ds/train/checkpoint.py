@@ -10,8 +10,10 @@ It decides WHEN (the interval, the end), WHERE (`<output_dir>/checkpoints/step_X
 to S3 by the attempt's uploader with the commit protocol of checkpoint_store / s3sync) and WHAT: a
 checkpoint is DeepSpeed's `save_checkpoint` of the engine (model, optimizer shards, LR schedule),
 per rank `rank_<r>.pt` = `trainer.state_dict()` (data pipeline, RNG streams, loop counters), and
-from rank 0 the resolved run config, the filled DeepSpeed config and the tokenizer. Restoring all
-of it in a fresh process with the same world size reproduces the uninterrupted run's losses.
+from rank 0 the resolved run config, the filled DeepSpeed config and the tokenizer; with
+train.elastic also `elastic/` (train/universal.py). Restoring all of it in a fresh process with the
+same world size reproduces the uninterrupted run's losses; another world size, ZeRO stage or
+precision loads `elastic/` and every rank's loader state (data/ledger.py).
 Retention keeps the newest train.keep_last committed checkpoints (never one still uploading).
 """
 
@@ -50,7 +52,8 @@ def _all_reduce(value: float, op, device) -> float:
 
 @dataclass(frozen=True)
 class Layout:
-    """What DeepSpeed's own checkpoint files depend on: they load only into the same layout."""
+    """The layout a checkpoint was written by. DeepSpeed's own files load only into the same
+    `engine` part (world size, ZeRO stage, precision); the loader states also depend on the workers."""
 
     world_size: int
     num_workers: int
@@ -65,9 +68,9 @@ class Layout:
         return cls(world_size, max(num_workers, 1), stage, precision)
 
     @classmethod
-    def of_checkpoint(cls, tag_dir: Path) -> Layout:
+    def of_checkpoint(cls, tag_dir: Path, rank0: dict) -> Layout:
+        """rank0: the checkpoint's rank_00000.pt (Trainer.state_dict of rank 0)."""
         ds = json.loads((tag_dir / "ds_config.json").read_text())
-        rank0 = torch.load(tag_dir / "rank_00000.pt", map_location="cpu", weights_only=False)
         return cls.of(ds, rank0["world_size"], rank0["data"]["num_workers"])
 
     @property
@@ -176,11 +179,14 @@ class CheckpointManager:
         if tag_dir is None:
             self.log(f"[resume] nothing committed at {t.ckpt_uri} yet: starting from scratch")
             return False
-        saved = Layout.of_checkpoint(tag_dir)
+        def rank_state(r: int) -> dict:  # our own small files, checksum-verified
+            return torch.load(tag_dir / f"rank_{r:05d}.pt", map_location="cpu", weights_only=False)
+
+        rank0 = rank_state(0)
+        saved = Layout.of_checkpoint(tag_dir, rank0)
         now = Layout.of(self.ds_config, self.info.world_size, self.run.data.num_workers)
         self.check_batch_size(tag_dir)
-        states = [torch.load(tag_dir / f"rank_{r:05d}.pt", map_location="cpu", weights_only=False)
-                  for r in range(saved.world_size)]  # our own small files, checksum-verified
+        states = [rank0] + [rank_state(r) for r in range(1, saved.world_size)]
         if saved.engine == now.engine:  # DeepSpeed's own files: they load only into the same layout
             path, _ = trainer.engine.load_checkpoint(str(tag_dir.parent), tag=tag_dir.name)
             if path is None:
