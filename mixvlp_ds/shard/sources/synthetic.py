@@ -41,6 +41,7 @@ class SyntheticSource:
         seed: int = 0,
         institution: str | None = None,
         splits: tuple[float, float, float] | None = None,
+        conspicuity: float = 1.0,
     ):
         self.preset = get_preset(preset)
         if num < 0:
@@ -53,7 +54,9 @@ class SyntheticSource:
                     f"split shares must be three non-negative numbers summing to 1, got {splits}"
                 )
             splits = tuple(float(s) for s in splits)
-        self.num, self.seed, self.splits = num, seed, splits
+        if not conspicuity >= 0:
+            raise ValueError(f"--conspicuity must be >= 0, got {conspicuity}")
+        self.num, self.seed, self.splits, self.conspicuity = num, seed, splits, float(conspicuity)
         self.institution = institution or self.preset.institution
         self.name = f"synthetic:{self.preset.name}:{self.institution}"
 
@@ -67,7 +70,8 @@ class SyntheticSource:
                 meta=meta,
                 text=study.text,
                 labels=dict(study.labels),
-                image_fn=functools.partial(render_image, self.preset.name, i, self.seed, self.institution),
+                image_fn=functools.partial(render_image, self.preset.name, i, self.seed, self.institution,
+                                           self.conspicuity),
             )
 
 
@@ -102,6 +106,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--num", type=int, default=200, help="number of records (images) to draw (default 200)"
     )
     group.add_argument(
+        "--conspicuity",
+        type=float,
+        default=1.0,
+        help="scale every finding's drawn signature by this factor (default 1: as subtle as "
+        "findings.py draws them; the README's main job uses 3, docs/synthetic.md)",
+    )
+    group.add_argument(
         "--split-shares",
         type=_shares,
         default=None,
@@ -117,4 +128,5 @@ def build(args: argparse.Namespace) -> SyntheticSource:
         seed=getattr(args, "seed", 0) or 0,
         institution=getattr(args, "institution", None),
         splits=args.split_shares,
+        conspicuity=args.conspicuity,
     )

@@ -14,12 +14,12 @@ writer's worker count cannot change a byte. Four streams keep the parts independ
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 
 from mixvlp_ds.shard.synth.acquisition import canvas_for, develop, sample_exposure
-from mixvlp_ds.shard.synth.anatomy import draw_chest, sample_anatomy, study_view
+from mixvlp_ds.shard.synth.anatomy import Anatomy, draw_chest, sample_anatomy, study_view
 from mixvlp_ds.shard.synth.findings import Finding, adjust_anatomy, draw_findings, sample_finding
 from mixvlp_ds.shard.synth.institutions import CAUSES, DRAWN, finding_probs, get_preset
 from mixvlp_ds.shard.synth.reports import decide_labels, write_report
@@ -117,25 +117,48 @@ def sample_study(preset: str, index: int, seed: int = 0, institution: str | None
     )
 
 
-def render_study(study: Study) -> np.ndarray:
-    """The study's radiograph: uint8 (H, W), H = W = one of the preset's original sizes."""
+def render_study(study: Study, conspicuity: float = 1.0) -> np.ndarray:
+    """The study's radiograph: uint8 (H, W), H = W = one of the preset's original sizes.
+
+    `conspicuity` scales every finding's signature (its change of the anatomy, of the attenuation
+    and of the vessels) by that factor; 1.0 draws the findings as findings.py writes them, and the
+    same random streams are used at any value, so only the findings' pixels change."""
+    if conspicuity < 0:
+        raise ValueError(f"conspicuity must be >= 0, got {conspicuity}")
     p = get_preset(study.preset)
     body = rng_for(study.seed, study.preset, study.institution, "anatomy", study.patient)
     female = bool(body.random() < p.female_rate)
     anat = sample_anatomy(body, female)
     rng = rng_for(study.seed, study.preset, study.institution, "image", study.index)
     exposure = sample_exposure(rng, p.acquisition, study.institution)
-    anat = adjust_anatomy(study_view(anat, rng, study.view == "AP"), study.findings)
+    normal = study_view(anat, rng, study.view == "AP")
+    anat = _scaled(normal, adjust_anatomy(normal, study.findings), conspicuity)
     canvas = canvas_for(exposure)
     A, lung, vessels = draw_chest(canvas, anat, rng)
-    draw_findings(canvas, A, lung, vessels, anat, study.findings, rng)
+    if conspicuity == 1.0:
+        draw_findings(canvas, A, lung, vessels, anat, study.findings, rng)
+    else:
+        A0, v0 = A.copy(), vessels.copy()
+        draw_findings(canvas, A, lung, vessels, anat, study.findings, rng)
+        A[...] = A0 + np.float32(conspicuity) * (A - A0)
+        np.maximum(v0 + np.float32(conspicuity) * (vessels - v0), 0.0, out=vessels)
     A += vessels
     return develop(A, exposure, rng_for(study.seed, study.preset, study.institution, "noise", study.index))
 
 
-def render_image(preset: str, index: int, seed: int = 0, institution: str | None = None) -> np.ndarray:
+def _scaled(normal: Anatomy, changed: Anatomy, k: float) -> Anatomy:
+    """`normal` moved k times as far as the findings moved it (k = 1: `changed` itself)."""
+    if k == 1.0:
+        return changed
+    moved = {f.name: getattr(normal, f.name) + k * (getattr(changed, f.name) - getattr(normal, f.name))
+             for f in fields(Anatomy) if f.type in ("float", float)}
+    return replace(normal, **moved)
+
+
+def render_image(preset: str, index: int, seed: int = 0, institution: str | None = None,
+                 conspicuity: float = 1.0) -> np.ndarray:
     """Module-level (picklable through functools.partial): the image of record `index`."""
-    return render_study(sample_study(preset, index, seed, institution))
+    return render_study(sample_study(preset, index, seed, institution), conspicuity)
 
 
 def study_meta(study: Study, shares: tuple[float, float, float] | None = None) -> dict:
@@ -154,9 +177,10 @@ def make_record(
     seed: int = 0,
     institution: str | None = None,
     shares: tuple[float, float, float] | None = None,
+    conspicuity: float = 1.0,
 ):
     """(image uint8 (H, W) | None, text | None, labels dict, meta dict) of record `index`.
 
     Every preset has an image; `text` is None for image-only presets (nih-like)."""
     study = sample_study(preset, index, seed, institution)
-    return render_study(study), study.text, dict(study.labels), study_meta(study, shares)
+    return render_study(study, conspicuity), study.text, dict(study.labels), study_meta(study, shares)
