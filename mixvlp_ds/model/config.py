@@ -74,6 +74,14 @@ class ModelConfig:
     weight_txt: float = 1.0
     weight_img: float = 1.0
     weight_co: float = 1.0
+    # L_co's tuples. "tuple": eq. 9 as METHOD.md pins it, one BCE per row against its own label.
+    # "batch": DEPARTS FROM THE PAPER (docs/synthetic_results.md, "Pair matching"): the same head
+    # scores every image of the micro-batch against every report of it (I_pair is linear in each
+    # side's features, so the B x B logits cost two matrix products); a row's own report is the
+    # positive where the row is a true pair, every other combination a negative, and positives and
+    # negatives weigh half each (sigmoid loss over all pairs, as SigLIP). With "tuple" the head
+    # stays at chance even as the only loss (measured); with "batch" it learns.
+    pair_loss: Literal["tuple", "batch"] = "tuple"
     # --- decoder (multi-scale: one block per level; single scale: MLP only, as AIAYN) ---
     decoder_intermediate: int = 0      # 0 = same as `intermediate`
     # "attention": eqs. 12-13 as METHOD.md reads them (a finer level reads the coarser one through
@@ -136,6 +144,8 @@ class ModelConfig:
                 raise ConfigError(f"model.{name}={v} must be in [0, 1)")
         if not 2 <= self.max_text_len <= 512:
             raise ConfigError(f"model.max_text_len={self.max_text_len} must be in [2, 512]")
+        if self.pair_loss not in ("tuple", "batch"):
+            raise ConfigError(f"model.pair_loss={self.pair_loss!r} is not tuple or batch")
         if self.decoder_top_down not in ("attention", "unpool"):
             raise ConfigError(f"model.decoder_top_down={self.decoder_top_down!r} is not attention or unpool")
         if not self.multiscale and (self.decoder_top_down != "attention" or self.decoder_pixel_skip):

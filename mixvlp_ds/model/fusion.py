@@ -73,3 +73,18 @@ class PairMatchingHead(nn.Module):
         co_txt = (comat * real[:, :, None]).sum(dim=1) / real.sum(dim=1, keepdim=True)   # (B, U)
         co_img = nn.functional.pad(co_img, (0, self.max_text_len - co_img.shape[1]))
         return self.linear(torch.cat([co_txt, co_img], dim=1)).squeeze(1)
+
+    def all_pairs(self, e_txt: torch.Tensor, txt_mask: torch.Tensor, e_img: torch.Tensor) -> torch.Tensor:
+        """The logit of every image against every report: (B_img, B_txt), entry (i, j) equal to
+        forward(e_txt[j], txt_mask[j], e_img[i]). Linearity does it without B^2 CoMats:
+            W_co [CoF_txt ; CoF_img] = sum_u w_u e_u . mean(E_txt) + sum_v w_v e_v . mean(E_img)
+        """
+        u = e_img.shape[1]
+        real = txt_mask.to(e_txt.dtype)                                         # (Bt, V)
+        w = self.linear.weight[0]
+        w_img, w_txt = w[:u], w[u:u + e_txt.shape[1]]
+        mean_img = e_img.mean(dim=1)                                            # (Bi, C)
+        mean_txt = (e_txt * real[:, :, None]).sum(dim=1) / real.sum(dim=1, keepdim=True)  # (Bt, C)
+        img_w = torch.einsum("buc,u->bc", e_img, w_img)                          # (Bi, C)
+        txt_w = torch.einsum("bvc,bv->bc", e_txt, real * w_txt)                  # (Bt, C)
+        return (img_w @ mean_txt.T + mean_img @ txt_w.T) * self.scale + self.linear.bias

@@ -50,3 +50,10 @@ def random_patch_masking(levels: list[torch.Tensor], ratio: float,
     has_image = torch.ones(levels[0].shape[0], dtype=torch.bool, device=levels[0].device)
     masks, sources = draw_patch_masks(has_image, tuple(x.shape[1] for x in levels), ratio, generator, masks)
     return [replace_patches(x, m, s) for x, m, s in zip(levels, masks, sources, strict=True)], masks
+
+
+def same_report(input_ids: torch.Tensor, mlm_labels: torch.Tensor) -> torch.Tensor:
+    """(B, L) masked word ids and their MLM labels (the original id at masked positions, else
+    IGNORE_INDEX) -> (B, B) bool: rows i and j hold the same words before masking."""
+    words = torch.where(mlm_labels != IGNORE_INDEX, mlm_labels, input_ids)
+    return (words[:, None, :] == words[None, :, :]).all(dim=-1)

@@ -30,8 +30,14 @@ from mixvlp_ds.model.embeddings import PatchEmbedding, TextEmbedding
 from mixvlp_ds.model.encoder import Encoder
 from mixvlp_ds.model.fusion import PairMatchingHead, UnitFusion, UwoxFusion
 from mixvlp_ds.model.heads import WordHead
-from mixvlp_ds.model.losses import image_loss, pair_loss, text_loss
-from mixvlp_ds.model.masking import IGNORE_INDEX, masked_word_positions, random_patch_masking, replace_patches
+from mixvlp_ds.model.losses import batch_pair_loss, image_loss, pair_loss, text_loss
+from mixvlp_ds.model.masking import (
+    IGNORE_INDEX,
+    masked_word_positions,
+    random_patch_masking,
+    replace_patches,
+    same_report,
+)
 from mixvlp_ds.model.patches import patchify, pyramid_positions, unpatchify
 
 # a saved model directory (save_pretrained / from_pretrained)
@@ -144,8 +150,9 @@ class MixVLP(nn.Module):
             mask = batch["attention_mask"].to(dev).bool()
             has_text = batch["has_text"].to(dev).bool()
             labels = torch.where(has_text[:, None], batch["mlm_labels"].to(dev), IGNORE_INDEX)
-            state.update(has_text=has_text, txt_mask=mask, mlm_labels=labels,
-                         e_txt=self.encode_words(batch["input_ids"], mask))
+            ids = batch["input_ids"].to(dev)
+            state.update(has_text=has_text, txt_mask=mask, mlm_labels=labels, input_ids=ids,
+                         e_txt=self.encode_words(ids, mask))
         if self.cfg.use_image and "pyramid" in batch:
             has_image = batch["has_image"].to(dev).bool()
             levels = self.image_levels(batch["pyramid"])
@@ -166,7 +173,9 @@ class MixVLP(nn.Module):
         if f_img is not None:
             state["f_img"] = f_img
         if self.cfg.fusion == "uwox" and e_txt is not None and e_img is not None:
-            state["pair_logits"] = self.pair_head(e_txt, mask, torch.cat(e_img, 1))
+            e_all = torch.cat(e_img, 1)
+            head = self.pair_head.all_pairs if self.cfg.pair_loss == "batch" else self.pair_head
+            state["pair_logits"] = head(e_txt, mask, e_all)     # (B,) or, for "batch", (B, B)
             state["pair_weight"] = state["has_image"] & state["has_text"]
         return state
 
@@ -201,7 +210,12 @@ class MixVLP(nn.Module):
             pred = self.forward_decoder(state["f_img"], state["seen"])
             out["L_img"], out["n_img"] = image_loss(pred, state["target"], state["img_mask"])
         if "pair_logits" in state:
-            out["L_co"], out["n_co"] = pair_loss(state["pair_logits"], state["pair"], state["pair_weight"])
+            logits, pair, weight = state["pair_logits"], state["pair"], state["pair_weight"]
+            if self.cfg.pair_loss == "batch":
+                same = same_report(state["input_ids"], state["mlm_labels"])
+                out["L_co"], out["n_co"] = batch_pair_loss(logits, pair, weight, same)
+            else:
+                out["L_co"], out["n_co"] = pair_loss(logits, pair, weight)
         c = self.cfg
         out["loss"] = c.weight_txt * out["L_txt"] + c.weight_img * out["L_img"] + c.weight_co * out["L_co"]
         return out

@@ -15,12 +15,15 @@ KINDS = {
     # image-only, text-only, re-paired and paired rows, and a padding row
     "mixed": ("uwox", [1, 0, 1, 1, 0], [0, 1, 1, 1, 0], [0, 0, 0, 1, 0]),
     "unit": ("unit", [1, 1, 1, 1], [1, 1, 1, 1], [1, 0, 1, 0]),
+    # model.pair_loss=batch: every image against every report (B x B logits)
+    "mixed-batch-pairs": ("uwox", [1, 0, 1, 1, 1], [0, 1, 1, 1, 1], [0, 0, 0, 1, 1]),
 }
 
 
 def model_and_batch(kind: str, batch_factory):
     arch, has_image, has_text, pair = KINDS[kind]
-    cfg = ModelConfig.preset("tiny", arch=arch)
+    pair_loss = "batch" if kind.endswith("batch-pairs") else "tuple"
+    cfg = ModelConfig.preset("tiny", arch=arch, pair_loss=pair_loss)
     torch.manual_seed(0)
     model = MixVLP(cfg).train()
     batch = batch_factory(cfg, len(has_image), has_image=[bool(x) for x in has_image],
@@ -41,7 +44,7 @@ def test_training_forward_has_no_graph_break(kind, batch_factory):
     assert explained.graph_count == 1
 
 
-@pytest.mark.parametrize("kind", ["mixed", "unit"])
+@pytest.mark.parametrize("kind", ["mixed", "unit", "mixed-batch-pairs"])
 def test_fullgraph_compiled_step_equals_eager(kind, batch_factory):
     model, batch = model_and_batch(kind, batch_factory)
     eager = model(batch)
