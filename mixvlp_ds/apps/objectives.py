@@ -30,8 +30,8 @@ def classification(finetune_dir: Path, row: str) -> dict:
     return {"auc": mean_auc_of(labels, scores), "ci": [lo, hi], "n": int(len(labels))}
 
 
-def text_reference(shards: str, label_space: str | None = None) -> dict:
-    """TF-IDF + logistic regression on the fine-tuning rows (train -> test), the txt_only policy."""
+def text_reference(shards: str, label_space: str | None = None, split: str = "test") -> dict:
+    """TF-IDF + logistic regression on the fine-tuning rows (train -> `split`), the txt_only policy."""
     from mixvlp_ds.apps.classification import apply_label_policy
     from mixvlp_ds.apps.rows import labelled_samples
 
@@ -40,7 +40,7 @@ def text_reference(shards: str, label_space: str | None = None) -> dict:
         labels = apply_label_policy(np.stack([s["labels"] for s in samples]), "zeros")
         return [s["text"] for s in samples], labels
 
-    (tr_x, tr_y), (te_x, te_y) = rows("train"), rows("test")
+    (tr_x, tr_y), (te_x, te_y) = rows("train"), rows(split)
     auc, _ = tfidf_mean_auc(tr_x, tr_y, te_x, te_y)
     return {"auc": auc, "n_train": len(tr_x), "n_test": len(te_x)}
 
@@ -58,9 +58,13 @@ def summarize(out: Path, shards: str, model_dir: Path, seconds: float) -> dict:
     txt = classification(out / "finetune_cls", "txt_only")
     scratch = {row: classification(out / "finetune_cls_scratch", row) for row in ("img_only", "txt_only")}
     retrieval = json.loads((out / "finetune_retrieval" / "results.json").read_text())["results"]
+    cls = json.loads((out / "finetune_cls" / "results.json").read_text())["results"]
+    lowest = min(((a, name) for name, a in cls["txt_only"]["auc"].items() if a is not None),
+                 default=(None, None))                # a finding with both classes in test
     summary = {
         "img_only_auc": img["auc"], "img_only_auc_ci": img["ci"],
         "txt_only_auc": txt["auc"], "txt_only_auc_ci": txt["ci"],
+        "txt_only_lowest_finding": {"finding": lowest[1], "auc": lowest[0]},
         "scratch_img_only_auc": scratch["img_only"]["auc"],
         "scratch_txt_only_auc": scratch["txt_only"]["auc"],
         "tfidf_auc": text_reference(shards)["auc"],
@@ -92,7 +96,9 @@ def objectives_table(s: dict) -> str:
              f"{f(s['img_only_auc_ci'][1])}] | random init {f(s['scratch_img_only_auc'])} |",
              f"| txt_only mean AUC [95% CI] | {f(s['txt_only_auc'])} [{f(s['txt_only_auc_ci'][0])}, "
              f"{f(s['txt_only_auc_ci'][1])}] | random init {f(s['scratch_txt_only_auc'])}; TF-IDF + LR "
-             f"{f(s['tfidf_auc'])} |"]
+             f"{f(s['tfidf_auc'])} |",
+             f"| txt_only, its lowest finding | {s['txt_only_lowest_finding']['finding'] or 'none'} "
+             f"{f(s['txt_only_lowest_finding']['auc'])} | chance 0.500 |"]
     for q, p1 in s["p_at_1"].items():
         chance = s["p_at_1_random_codes"][q]
         lines.append(f"| retrieval P@1, {q} query | {f(p1)} | random 64-bit codes {f(chance)} |")
