@@ -1,16 +1,29 @@
 """The README's main job, end to end, at a tenth of its size: the real `main()` on synthetic data."""
 
 import json
+import os
+
+import pytest
 
 from mixvlp_ds.quickstart import main
 
 
-def test_quickstart_runs_every_stage_and_skips_them_on_rerun(tmp_path, capsys):
+@pytest.fixture
+def environ_restored():
+    """main() pins CPU kernels and threads in os.environ for the subprocesses it may start; later
+    tests must not inherit that (torch 2.13's inductor fails on CPU under ATEN_CPU_CAPABILITY=avx2
+    on this AVX-512 machine: docs/training.md)."""
+    before = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(before)
+
+
+def test_quickstart_runs_every_stage_and_skips_them_on_rerun(tmp_path, capsys, environ_restored):
     args = ["--out", str(tmp_path / "run"), "--shards", str(tmp_path / "shards"), "--steps", "4",
             "--scale", "0.05", "--workers", "1"]
     main(args)
     first = capsys.readouterr().out
-    import os
     assert os.environ.get("ATEN_CPU_CAPABILITY") == "avx2" or os.uname().machine != "x86_64"   # pinned
     run = tmp_path / "run"
     for preset in ("mimic-like", "nih-like", "openi-like"):
