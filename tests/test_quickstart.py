@@ -53,3 +53,42 @@ def test_quickstart_runs_every_stage_and_skips_them_on_rerun(tmp_path, capsys, e
     second = capsys.readouterr().out
     assert "already written" in second and "already pre-trained" in second
     assert "| img_only |" in second
+
+
+def test_shards_of_other_records_are_refused_not_reused(tmp_path):
+    from mixvlp_ds.quickstart import write_shards
+
+    root = tmp_path / "shards"
+    write_shards(root, workers=1, scale=0.01)
+    assert write_shards(root, workers=1, scale=0.01)             # the same records: reused
+    with pytest.raises(SystemExit, match="other synthetic records"):
+        write_shards(root, workers=1, scale=0.01, conspicuity=1.0)
+    with pytest.raises(SystemExit, match="other synthetic records"):
+        write_shards(root, workers=1, scale=0.01, counts={"mimic-like": 8000})
+
+
+def test_long_is_the_documented_budget(tmp_path, monkeypatch, environ_restored):
+    """--long: its own folders, qs.LONG's mimic-like records, steps and L_co weight."""
+    import mixvlp_ds.quickstart as qs
+    import mixvlp_ds.train.pretrain as pretrain
+
+    seen = {}
+
+    def fake_shards(root, workers, scale, conspicuity, counts):
+        seen.update(root=root, counts=counts)
+        return {p: root / p for p in ("mimic-like", "nih-like", "openi-like")}
+
+    def stop(config, out, overrides):
+        seen.update(out=out, overrides=overrides)
+        raise KeyboardInterrupt
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(qs, "write_shards", fake_shards)
+    monkeypatch.setattr(qs, "train_tokenizer", lambda shards, out: out)
+    monkeypatch.setattr(pretrain, "pretrain_once", stop)
+    with pytest.raises(KeyboardInterrupt):
+        qs.main(["--long"])
+    assert seen["root"].name == "shards-long" and seen["counts"] == {"mimic-like": qs.LONG["mimic-like"]}
+    assert seen["out"] == qs.Path("runs/quickstart-long/pretrain")
+    assert f"train.steps={qs.LONG['steps']}" in seen["overrides"]
+    assert f"model.weight_co={qs.LONG['weight_co']}" in seen["overrides"]
