@@ -1,9 +1,11 @@
 """The README's main job: the whole story on the embedded synthetic institutions, on a CPU.
 
-    python -m mixvlp_ds.quickstart [--out runs/quickstart] [--shards shards] [--steps 1500]
+    python -m mixvlp_ds.quickstart [--out runs/quickstart] [--shards shards] [--steps 1500] [--seed 0]
+    python -m mixvlp_ds.quickstart --long      # the budget where pair matching reaches 0.75 (~7 min)
 
 1. draws three synthetic institutions (mimic-like: paired; nih-like: image-only; openi-like: the
-   labelled test institution) and writes them as WebDataset shards (32 px pyramids);
+   labelled test institution, half of it for fine-tuning), findings at conspicuity 3, and writes
+   them as WebDataset shards (32 px pyramids);
 2. trains a WordPiece tokenizer on the mimic-like training reports;
 3. pre-trains a tiny UWOX model with the Mix-up 2 sampler (configs/quickstart_pretrain.yaml);
 4. fine-tunes and evaluates classification (AUC) and hash retrieval (P@K) on openi-like, and the
@@ -98,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
                    "3000 with --long)")
     p.add_argument("--long", action="store_true", help="the budget where pair matching reaches 0.75 AUC: "
                    f"{LONG['mimic-like']} mimic-like records, {LONG['steps']} steps, L_co weight "
-                   f"{LONG['weight_co']:g} (~9 minutes on a 2-core CPU)")
+                   f"{LONG['weight_co']:g} (~7 minutes on a 2-core CPU)")
     p.add_argument("--workers", type=int, default=2, help="processes for sharding")
     p.add_argument("--scale", type=float, default=1.0, help="scale the synthetic record counts")
     p.add_argument("--conspicuity", type=float, default=CONSPICUITY,
