@@ -76,11 +76,12 @@ class ModelConfig:
     weight_co: float = 1.0
     # L_co's tuples. "tuple": eq. 9 as METHOD.md pins it, one BCE per row against its own label.
     # "batch": DEPARTS FROM THE PAPER (docs/synthetic_results.md, "Pair matching"): the same head
-    # scores every image of the micro-batch against every report of it (I_pair is linear in each
-    # side's features, so the B x B logits cost two matrix products); a row's own report is the
-    # positive where the row is a true pair, every other combination a negative, and positives and
-    # negatives weigh half each (sigmoid loss over all pairs, as SigLIP). With "tuple" the head
-    # stays at chance even as the only loss (measured); with "batch" it learns.
+    # scores every true pair's image of the micro-batch against every true pair's report of it
+    # (I_pair is linear in each side's features, so the B x B logits cost two matrix products); its
+    # own report (or the same words) is the positive, the others negatives, and positives and
+    # negatives weigh half each (sigmoid loss over all pairs, as SigLIP); re-paired rows stay out
+    # (losses.batch_pair_loss). With "tuple" the head stays at chance even as the only loss
+    # (measured); with "batch" it learns.
     pair_loss: Literal["tuple", "batch"] = "tuple"
     # --- decoder (multi-scale: one block per level; single scale: MLP only, as AIAYN) ---
     decoder_intermediate: int = 0      # 0 = same as `intermediate`
