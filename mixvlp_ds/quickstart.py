@@ -30,9 +30,9 @@ from mixvlp_ds.cpu_kernels import pin_cpu_kernels
 from mixvlp_ds.shipped import folder
 
 CONFIGS = folder("configs")  # shipped with the package (mixvlp_ds.shipped)
-# (preset, records, train/val/test shares or None for the preset's own). Chosen on validation rows
-# (docs/synthetic_results.md, "The main job, session 5"): 4000 mimic-like records lift pair matching
-# from 0.63 (1200) to 0.73 AUC; half of openi-like is the fine-tuning set (596 rows, 162 before).
+# (preset, records, train/val/test shares or None for the preset's own); docs/synthetic_results.md,
+# "The main job, session 5": 4000 mimic-like records lift pair matching from 0.63 (1200, test rows)
+# to 0.73 (val 0.726); half of openi-like is the fine-tuning set (596 rows, 162 before).
 INSTITUTIONS = (("mimic-like", 4000, None), ("nih-like", 800, None), ("openi-like", 1200, (0.5, 0.1, 0.4)))
 IMAGE_SIZE = 32  # the tiny model's image size (configs/quickstart_pretrain.yaml)
 CONSPICUITY = 3.0  # findings drawn 3x as strong as findings.py's default (docs/synthetic_results.md)
