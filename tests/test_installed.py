@@ -2,10 +2,13 @@
 into a fresh virtual environment, run from a directory outside the checkout, finding its shipped
 configs through importlib.resources.
 
-Two modes. By default the environment sees the already installed dependencies
-(--system-site-packages) and installs the wheel alone (seconds, no registry); the checkout's own
-editable install stays out of the way (its import hook comes after the environment's
-site-packages; the test checks where mixvlp_ds is imported from). With MIXVLP_WHEEL_TEST=bare
+Two modes. By default the environment sees the already installed dependencies and installs the
+wheel alone (seconds, no registry): it is made with --system-site-packages, and a .pth file in it
+names every folder on the test interpreter's sys.path outside the checkout: when pytest itself runs
+in a virtual or conda environment, the new environment's "system" is the base interpreter, which
+lacks that environment's packages. Those folders come after the environment's own site-packages and
+the checkout is left out, so the checkout's editable install stays out of the way (the test checks
+where mixvlp_ds is imported from). With MIXVLP_WHEEL_TEST=bare
 (what .ci/run sets) the environment is bare and installed as the README's "Install from a wheel"
 says: the CPU torch first, then the wheel with its dependencies constrained to it (a registry, or
 pip's cache, is needed)."""
@@ -34,8 +37,13 @@ def sh(cmd: list[str], cwd: Path, timeout: int = 300) -> str:
 def test_wheel_installs_and_runs_from_any_directory(tmp_path):
     # build from a copy: setuptools writes build/ and *.egg-info beside the sources it builds
     src = tmp_path / "src"
-    shutil.copytree(REPO, src, symlinks=True, ignore=shutil.ignore_patterns(
-        ".git", "build", "dist", "runs", "shards", ".whl", "*.egg-info", "__pycache__", ".*_cache"))
+    patterns = shutil.ignore_patterns(".git", "build", "dist", "runs", "shards", ".whl", "*.egg-info",
+                                      "__pycache__", ".*_cache")
+
+    def ignore(folder, names):   # and the fetched real test data, data/real/
+        return set(patterns(folder, names)) | ({"real"} if Path(folder) == REPO / "data" else set())
+
+    shutil.copytree(REPO, src, symlinks=True, ignore=ignore)
     sh([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
         str(tmp_path / "dist"), str(src)], cwd=tmp_path)
     wheel = next((tmp_path / "dist").glob("mixvlp_ds-*.whl"))
@@ -48,6 +56,11 @@ def test_wheel_installs_and_runs_from_any_directory(tmp_path):
            cwd=tmp_path, timeout=1800)
     else:
         sh([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], cwd=tmp_path)
+        # the running interpreter's packages too (a venv's python makes a venv of its base interpreter)
+        purelib = sh([str(py), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                     cwd=tmp_path).strip().splitlines()[-1]
+        outer = [d for d in sys.path if d and Path(d).is_dir() and not Path(d).resolve().is_relative_to(REPO)]
+        (Path(purelib) / "zz_test_interpreter.pth").write_text("".join(d + "\n" for d in outer))
         sh([str(py), "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--force-reinstall",
             str(wheel)], cwd=tmp_path)
     work = tmp_path / "elsewhere"

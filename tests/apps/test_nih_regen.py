@@ -13,6 +13,7 @@ from PIL import Image
 
 from mixvlp_ds.apps import nih_regen, regeneration
 from mixvlp_ds.apps.regeneration import disjoint_masks
+from tests.conftest import real_data_missing
 
 TINY = ["model.image_size=32", "model.hidden=32", "model.layers=1", "model.heads=2",
         "model.intermediate=64", "data.batch_size=4", "train.batch_size=4", "train.steps=2",
@@ -24,7 +25,7 @@ def small_nih(shared_data, tmp_path_factory):
     """The NIH layout with 40 of the 621 real images (links, nothing copied)."""
     src = shared_data / "nih_cxr14"
     if not (src / "images_512").is_dir():
-        pytest.fail(f"{src}/images_512 is missing: the shared real data is part of the test setup")
+        real_data_missing()
     root = tmp_path_factory.mktemp("nih")
     (root / "images_512").mkdir()
     (root / "Data_Entry_2017_v2020.csv.gz").symlink_to(src / "Data_Entry_2017_v2020.csv.gz")
