@@ -24,7 +24,24 @@ os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+# The real-data folder (real OpenI/NIH/DICOM files), searched in this order: $MIXVLP_TEST_DATA (when
+# set it is the only place looked at), data/real/ in the checkout (where scripts/fetch_test_data.py
+# puts them), ../shared/data beside the checkout. None when absent; the `shared_data` fixture then
+# skips (fails under CI=true).
+REAL_DATA_MISSING = "real test data missing: run `python scripts/fetch_test_data.py` (docs/test_data.md)"
+
+
+def find_real_data() -> Path | None:
+    env = os.environ.get("MIXVLP_TEST_DATA")
+    if env:
+        return Path(env) if Path(env).is_dir() else None
+    for candidate in (REPO / "data" / "real", REPO.parent / "shared" / "data"):
+        if candidate.is_dir():
+            return candidate
+    return None
+
+
+SHARED_DATA = find_real_data()
 
 
 def free_port() -> int:
@@ -35,15 +52,24 @@ def free_port() -> int:
 
 class TcpProxy:
     """A TCP relay on 127.0.0.1 in front of a server: `cut()` drops every connection and refuses new
-    ones (a network outage), `restore()` listens again on the same port; the server keeps its state."""
+    ones (a network outage), `freeze()` keeps every connection open and accepts new ones but forwards
+    no byte any more (a server or network that stops answering: only timeouts notice), `restore()`
+    forwards again / listens again on the same port; the server keeps its state."""
 
     def __init__(self, target_port: int):
         self.target, self.port = target_port, free_port()
         self.listener: socket.socket | None = None
         self.conns: list[socket.socket] = []
         self.lock = threading.Lock()
+        self.frozen = threading.Event()
+
+    def freeze(self) -> None:
+        self.frozen.set()
 
     def restore(self) -> None:
+        self.frozen.clear()
+        if self.listener is not None:   # after freeze(): still listening, forwarding again
+            return
         self.listener = socket.socket()
         self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.listener.bind(("127.0.0.1", self.port))
@@ -82,10 +108,11 @@ class TcpProxy:
             for a, b in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
 
-    @staticmethod
-    def _pump(src: socket.socket, dst: socket.socket) -> None:
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
         try:
             while data := src.recv(65536):
+                while self.frozen.is_set():   # held, not forwarded, connection left open
+                    time.sleep(0.05)
                 dst.sendall(data)
         except OSError:
             pass
@@ -186,11 +213,20 @@ def s3_bucket(s3_server):
     yield name
 
 
+def real_data_missing() -> None:
+    """Skip the calling test for want of the real data, or fail it under CI=true (CI fetches it)."""
+    env = os.environ.get("MIXVLP_TEST_DATA")
+    reason = REAL_DATA_MISSING + (f"; MIXVLP_TEST_DATA={env} is not a folder" if env else "")
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    """../shared/data beside the checkout (real OpenI/NIH/DICOM files). CI always has it."""
-    if not SHARED_DATA.is_dir():
-        raise FileNotFoundError(f"{SHARED_DATA} is missing: the real-data tests need ../shared/data")
+    """The real-data folder (SHARED_DATA above: $MIXVLP_TEST_DATA, data/real/, ../shared/data)."""
+    if SHARED_DATA is None:
+        real_data_missing()
     return SHARED_DATA
 
 
