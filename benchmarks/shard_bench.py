@@ -4,8 +4,8 @@ PNG compress-level trade-off. Prints tables and writes benchmarks/results/shard_
 
     python benchmarks/shard_bench.py [--images N] [--generated] [--workers 1 2]
 
-Inputs: the real 1024 px ChestX-ray14 PNGs in ../shared/data/nih_cxr14/images_original (8-bit;
-one of them RGBA), repeated to N images; `--generated` (or no shared data) writes noisy synthetic
+Inputs: the real 1024 px ChestX-ray14 PNGs of the test data, nih_cxr14/images_original (8-bit;
+one of them RGBA; docs/test_data.md), repeated to N images; `--generated` (or without them) writes synthetic
 1024 px PNGs instead. Target: >= 40 images/s per core.
 """
 

@@ -4,7 +4,7 @@ exists is skipped, and a cell whose pre-trained model exists skips pre-training.
 
     python -m mixvlp_ds.sweep --config configs/sweep_tiny.yaml [key=value ...]
 
-Scenarios (METHOD.md "Data scenarios"):
+Scenarios (docs/method.md, "Data sampler and scenarios"):
     baseline1  no pre-training: fine-tune from random weights on the P% labelled subset
     baseline2  pre-train on the same P% paired subset (data.scenario=baseline), then fine-tune
     mixup1     pre-train on P% paired + the rest of that institution re-paired (data.scenario=mixup1)

@@ -37,7 +37,7 @@ def test_quickstart_runs_every_stage_and_skips_them_on_rerun(tmp_path, capsys, e
     regen = json.loads((run / "regen" / "results.json").read_text())
     assert regen and list(run.glob("regen/grids/*/*.png"))
     assert "| img_only |" in first and "| query | P@1 |" in first and "PSNR" in first
-    # every objective beside its reference, printed and in summary.json (issue 13's keys)
+    # every objective beside its reference, printed and in summary.json (the objectives' keys)
     summary = json.loads((run / "summary.json").read_text())
     for key in ("img_only_auc", "img_only_auc_ci", "txt_only_auc", "tfidf_auc", "pair_auc", "regen_psnr",
                 "regen_psnr_neighbour", "regen_psnr_coarse", "seconds", "scratch_img_only_auc",

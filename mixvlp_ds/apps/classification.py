@@ -5,7 +5,7 @@ pyramid level (`pool_level`: 0 finest, 1 mid, 2 coarse) so that the linear layer
 token is; `attention` is a learned attention pooling (one query + a per-position bias) over all
 F_img tokens. F_txt is always averaged over its real tokens (docs/applications.md, "Pooling").
 
-Table 1 rows (METHOD.md): UWOX encodes each modality alone -> `img_only` (head on pooled F_img of
+Table 1 rows (docs/method.md): UWOX encodes each modality alone -> `img_only` (head on pooled F_img of
 the image) and `txt_only` (head on pooled F_txt of the report); UNIT fuses the pair -> `img+txt`
 (head on pooled F_img of the pair) and `txt+img` (head on pooled F_txt of the pair).
 

@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> dict:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--nih-dir", type=Path, required=True,
                    help="NIH ChestX-ray14 folder (Data_Entry_2017.csv, the split lists, image folders; "
-                        "https://nihcc.app.box.com/v/ChestXray-NIHCC; here: ../shared/data/nih_cxr14)")
+                        "https://nihcc.app.box.com/v/ChestXray-NIHCC; test data: data/real/nih_cxr14)")
     p.add_argument("--nih-images", default="images_512", help="glob of image folders under --nih-dir")
     p.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
     p.add_argument("--out", type=Path, default=Path("runs/nih_regen"))

@@ -2,7 +2,7 @@
 
     python -m mixvlp_ds.apps.openi_text --out runs/openi_text
 
-Data (read in place from ../shared/data/openi_iu): indiana_reports.csv (FINDINGS + IMPRESSION of
+Data (read in place from --openi-dir, e.g. data/real/openi_iu): indiana_reports.csv (FINDINGS + IMPRESSION of
 3,851 reports), openi_gld_std14.csv (gold 0/1 labels), openi-testset.txt (771 test ids; the other
 3,080 gold reports are the training set). Hernia has no positive anywhere in the gold file, and
 the test set has a single Fibrosis positive: Hernia's AUC is n/a, Fibrosis's is a coin of one.
@@ -348,8 +348,8 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--openi-dir", required=True,
                    help="OpenI (Indiana University) folder with indiana_reports.csv and NegBio's gold labels "
-                        "openi_gld_std14.csv (https://openi.nlm.nih.gov; in this project's environment: "
-                        "../shared/data/openi_iu)")
+                        "openi_gld_std14.csv (https://openi.nlm.nih.gov; test data: data/real/openi_iu, "
+                        "docs/test_data.md)")
     p.add_argument("--out", default="runs/openi_text")
     p.add_argument("--tfidf-only", action="store_true", help="skip the encoder (seconds instead of minutes)")
     p.add_argument("--threads", type=int, default=0,

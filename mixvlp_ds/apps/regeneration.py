@@ -1,7 +1,7 @@
 """Regeneration: every finest-level patch of an unseen image predicted from a view in which it is masked.
 
 The N finest-level patches are split into ceil(1 / 0.15) = 7 disjoint random groups of ~15%
-(METHOD.md). Pass p masks group p (coarser levels intact, as `MixVLP.regenerate` takes a finest-
+(docs/method.md). Pass p masks group p (coarser levels intact, as `MixVLP.regenerate` takes a finest-
 level mask) and keeps the predictions of exactly those patches; after 7 passes every patch has
 been predicted once, from a view that did not contain it. MSE (0-255), PSNR (dB) and SSIM compare
 the assembled image with the original; PNG grids show original | regenerated | |error|.

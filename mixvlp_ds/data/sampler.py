@@ -1,6 +1,6 @@
 """The mixing sampler: records of several institutions -> (image, report, pair) tuples.
 
-This is where the paper's data scenarios happen (METHOD.md, "Data scenarios"). Every record is
+This is where the paper's data scenarios happen (docs/method.md, "Data sampler and scenarios"). Each record is
 routed by its source's rules (config.resolve_sources):
 
     paired source, patient in the P% subset   -> a true pair (pair = 1); with probability

@@ -18,7 +18,7 @@ from typing import Any, Literal
 from mixvlp_ds.config import ConfigError
 from mixvlp_ds.text.masking import masked_word_budget
 
-# Image variants of METHOD.md's table (paper Table 4b): image size S, block size B, scales.
+# Image variants of docs/method.md's table (paper Table 4b): image size S, block size B, scales.
 IMAGE_VARIANTS: dict[str, dict[str, Any]] = {
     "ms_B8": dict(image_size=224, block_size=8, multiscale=True),
     "ms_B16": dict(image_size=256, block_size=16, multiscale=True),
@@ -74,7 +74,7 @@ class ModelConfig:
     weight_txt: float = 1.0
     weight_img: float = 1.0
     weight_co: float = 1.0
-    # L_co's tuples. "tuple": eq. 9 as METHOD.md pins it, one BCE per row against its own label.
+    # L_co's tuples. "tuple": eq. 9 as docs/method.md reads it, one BCE per row against its own label.
     # "batch": DEPARTS FROM THE PAPER (docs/synthetic_results.md, "Pair matching"): the same head
     # scores every true pair's image of the micro-batch against every true pair's report of it
     # (I_pair is linear in each side's features, so the B x B logits cost two matrix products); its
@@ -85,7 +85,7 @@ class ModelConfig:
     pair_loss: Literal["tuple", "batch"] = "tuple"
     # --- decoder (multi-scale: one block per level; single scale: MLP only, as AIAYN) ---
     decoder_intermediate: int = 0      # 0 = same as `intermediate`
-    # "attention": eqs. 12-13 as METHOD.md reads them (a finer level reads the coarser one through
+    # "attention": eqs. 12-13 as docs/method.md reads them (a finer level reads the coarser one through
     # cross-attention only); "unpool": each finer query also receives its parent coarse token's
     # decoded feature, unpooled to its quadrant (a learned 2x2 transposed projection), see decoder.py
     decoder_top_down: Literal["attention", "unpool"] = "attention"

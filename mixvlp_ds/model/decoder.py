@@ -1,7 +1,7 @@
 """Image decoders: the multi-scale coarse-to-fine decoder (sec. 3.3, eqs. 11-13) and the
 single-scale one (AIAYN-image / ss_B16: the 2-layer MLP alone).
 
-Multi-scale, with METHOD.md's argument reading (second SAM argument = queries):
+Multi-scale, with docs/method.md's argument reading (second SAM argument = queries):
     D_up   = SAM_d,up(F_up)                         self-attention over the coarsest level
     D_mid  = SAM_d,mid(q=F_mid,  kv=D_up)           mid patches read the decoded coarse level
     D_down = SAM_d,down(q=F_down, kv=D_mid)         finest patches read the decoded mid level

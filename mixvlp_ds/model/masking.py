@@ -1,4 +1,4 @@
-"""Masking for the self-supervised objectives (sec. 3.1, METHOD.md "Pre-training objectives").
+"""Masking for the self-supervised objectives (sec. 3.1, docs/method.md "Objectives").
 
 Words: `mixvlp_ds.text.masking.mask_tokens` (BERT's 80/10/10 rule, a fixed budget per row),
 applied by the data pipeline; the model gathers the budget's positions (`masked_word_positions`).

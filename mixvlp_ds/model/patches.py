@@ -1,7 +1,7 @@
 """Image pyramid <-> sequences of flattened B x B patches, and each patch's position vector.
 
 Patches are taken row by row (raster order), like ViT/MAE. A level of side s with block B has
-(s/B)^2 patches; METHOD.md's table (1029 = 784 + 196 + 49 for ms_B8) follows from this.
+(s/B)^2 patches; docs/method.md's table (1029 = 784 + 196 + 49 for ms_B8) follows from this.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""BERT's masked-language-model masking of report tokens (sec. 3.1, METHOD.md).
+"""BERT's masked-language-model masking of report tokens (sec. 3.1, docs/method.md "Objectives").
 
 As BERT's `create_pretraining_data.py`: each row masks exactly
 min(budget, max(1, round(prob * n))) of its n real (non-special) tokens, chosen at random;

@@ -3,7 +3,7 @@
 Institutions (32 px images, 25 samples per shard):
     a (paired, chexpert14): 240 image+report records, 2 images per study, 1 study per patient
     b (image_only):         160 images, no reports
-A session-scoped tokenizer is trained on a's reports.
+One tokenizer, trained on a's reports, serves every test of the run.
 """
 
 from __future__ import annotations

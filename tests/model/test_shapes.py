@@ -1,4 +1,4 @@
-"""Shapes, patch counts of METHOD.md's table, the shared encoder and the handling of rows."""
+"""Shapes, patch counts of docs/method.md's table ("Inputs"), the shared encoder and the handling of rows."""
 
 import pytest
 import torch
@@ -7,7 +7,7 @@ from mixvlp_ds.config import ConfigError
 from mixvlp_ds.model import IMAGE_VARIANTS, MixVLP, ModelConfig
 from mixvlp_ds.model.patches import patch_positions, patchify, unpatchify
 
-TABLE = {  # METHOD.md / paper Table 4(b)
+TABLE = {  # docs/method.md, "Inputs" / paper Table 4(b)
     "ms_B8": ((784, 196, 49), 1029),
     "ms_B16": ((256, 64, 16), 336),
     "ms_B24": ((144, 36, 9), 189),

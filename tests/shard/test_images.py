@@ -1,4 +1,4 @@
-"""Decoding every kind of input radiograph to 8-bit grayscale (real files from ../shared/data too)."""
+"""Decoding every kind of input radiograph to 8-bit grayscale (real test files too: docs/test_data.md)."""
 
 import hashlib
 

@@ -1,4 +1,4 @@
-"""NIH ChestX-ray14 source: the real metadata + images in ../shared/data, and generated bad layouts."""
+"""NIH ChestX-ray14 source: the real metadata + images (docs/test_data.md), and generated bad layouts."""
 
 import argparse
 import csv

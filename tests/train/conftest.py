@@ -4,7 +4,7 @@ Institutions (32 px images, 16 samples per shard, written by the real shard writ
     a (paired, chexpert14): 96 image+report records
     b (image_only):         48 images
 DeepSpeed's first process group JIT-builds a C++ extension (~40 s): TORCH_EXTENSIONS_DIR points at
-one cache directory that every test process (and later test session) reuses.
+one cache directory that every test process (and later test run) reuses.
 """
 
 from __future__ import annotations
