@@ -26,7 +26,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from mixvlp_ds.shard.format import CHEXPERT14
+from mixvlp_ds.labels import CHEXPERT14
 from mixvlp_ds.shard.pyramid import square_resize
 from mixvlp_ds.shard.synth.record import render_study, sample_study
 

@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 
 from mixvlp_ds.data.batch import model_inputs
-from mixvlp_ds.data.patch_masking import draw_patch_masks
 from mixvlp_ds.model import MixVLP, ModelConfig, flops_per_sample, mask_tokens, mfu
+from mixvlp_ds.patch_masking import draw_patch_masks
 
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
 

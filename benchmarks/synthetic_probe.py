@@ -25,7 +25,7 @@ import time
 import numpy as np
 from PIL import Image
 
-from mixvlp_ds.shard.format import CHEXPERT14
+from mixvlp_ds.labels import CHEXPERT14
 from mixvlp_ds.shard.synth.record import make_record, render_image
 
 SIZES = {"pix": 32, "hog": 128, "cnn": 64}

@@ -65,7 +65,8 @@ class NoiseInstitution:
     def items(self, rejects):
         import numpy as np
 
-        from mixvlp_ds.shard.format import CHEXPERT14, make_key
+        from mixvlp_ds.labels import CHEXPERT14
+        from mixvlp_ds.shard.format import make_key
         from mixvlp_ds.shard.source import SourceItem
 
         rng = np.random.default_rng(0)

@@ -1,6 +1,7 @@
-"""No import cycles in mixvlp_ds: the stages point one way (raw data -> shards -> batches -> model ->
-training -> applications). Every import counts, the ones inside functions too (a lazy import hides
-a cycle; it does not remove it)."""
+"""Imports in mixvlp_ds point down. The package is a stack of layers (LAYERS, lowest first); a module
+may import its own layer and the layers below it, never one above, and the leaves import nothing of
+the package. No import cycles either. Every import counts, the ones inside functions too (a lazy
+import hides an upward edge or a cycle; it does not remove it)."""
 
 from __future__ import annotations
 
@@ -79,3 +80,78 @@ def test_the_checker_finds_a_cycle():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     graph = module_graph()
     assert "mixvlp_ds.model.mixvlp" in graph["mixvlp_ds.model.export"]   # it reads the package's imports
+
+
+# ----------------------------------------------------------------------------- layers
+# Lowest first. A module may import modules of its own layer and of the layers below it. Entries
+# name a module or a package (its modules too); the longest entry that names a module decides its
+# layer, except "mixvlp_ds" itself, which is the package's __init__ alone. Any `__main__` module is
+# a program. A new module with no entry fails test_every_module_has_a_layer: give it one here.
+LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    # import nothing of the package (test_leaves_import_nothing_of_the_package)
+    ("leaf", ("mixvlp_ds", "mixvlp_ds.labels", "mixvlp_ds.patch_masking", "mixvlp_ds.shipped",
+              "mixvlp_ds.storage", "mixvlp_ds.cpu_kernels", "mixvlp_ds.streaming_compat",
+              "mixvlp_ds.stage_progress")),
+    ("config", ("mixvlp_ds.config", "mixvlp_ds.status")),
+    ("text", ("mixvlp_ds.text",)),
+    # the model takes batches as tensors: it imports no shard or data code (the masks' draw rule is
+    # the leaf patch_masking), so it sits below them and neither pipeline stage can leak into it
+    ("model", ("mixvlp_ds.model",)),
+    ("shard", ("mixvlp_ds.shard",)),
+    ("data", ("mixvlp_ds.data",)),
+    ("train", ("mixvlp_ds.train",)),
+    ("apps", ("mixvlp_ds.apps",)),
+    ("programs", ("mixvlp_ds.evaluate", "mixvlp_ds.sweep", "mixvlp_ds.quickstart", "mixvlp_ds.cli",
+                  "mixvlp_ds.tokenizer")),
+)
+RANK = {name: i for i, (name, _) in enumerate(LAYERS)}
+
+
+def layer_of(module: str) -> str | None:
+    """The layer of a module, or None when LAYERS has no entry for it."""
+    if module.endswith(".__main__"):
+        return "programs"
+    best, found = -1, None
+    for name, entries in LAYERS:
+        for e in entries:
+            hit = module == e or (e != "mixvlp_ds" and module.startswith(e + "."))
+            if hit and len(e) > best:
+                best, found = len(e), name
+    return found
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    """One line per import that points up the layers: importer, imported, and both layers."""
+    out = []
+    for m in sorted(graph):
+        for d in sorted(graph[m]):
+            lm, ld = layer_of(m), layer_of(d)
+            if lm is not None and ld is not None and RANK[lm] < RANK[ld]:
+                out.append(f"{m} (layer {lm}) imports {d} (layer {ld}), a layer above it")
+    return out
+
+
+def test_every_module_has_a_layer():
+    assert [m for m in sorted(module_graph()) if layer_of(m) is None] == [], \
+        "modules with no layer: add each to LAYERS in tests/test_imports.py"
+
+
+def test_imports_point_down():
+    bad = upward_imports(module_graph())
+    assert not bad, "upward imports (order: " + " < ".join(RANK) + "):\n" + "\n".join(bad)
+
+
+def test_leaves_import_nothing_of_the_package():
+    graph = module_graph()
+    leaves = [m for m in graph if layer_of(m) == "leaf"]
+    assert "mixvlp_ds.labels" in leaves and "mixvlp_ds.patch_masking" in leaves
+    assert {m: sorted(graph[m]) for m in leaves if graph[m]} == {}
+
+
+def test_the_layer_check_names_an_upward_import():
+    assert layer_of("mixvlp_ds") == "leaf" and layer_of("mixvlp_ds.shard.__main__") == "programs"
+    assert layer_of("mixvlp_ds.apps.nih_regen") == "apps" and layer_of("mixvlp_ds.new_module") is None
+    graph = {"mixvlp_ds.text.labeller": {"mixvlp_ds.shard.format", "mixvlp_ds.labels"},
+             "mixvlp_ds.shard.format": {"mixvlp_ds.labels"}, "mixvlp_ds.labels": set()}
+    assert upward_imports(graph) == ["mixvlp_ds.text.labeller (layer text) imports mixvlp_ds.shard.format "
+                                     "(layer shard), a layer above it"]

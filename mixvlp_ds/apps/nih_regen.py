@@ -7,17 +7,19 @@ by a model pre-trained on synthetic nih-like images + the training patients' NIH
 One command, five steps, each skipped when its output is already there (so a re-run only
 evaluates again; `--fresh` redoes everything):
 
-1. shards: `python -m mixvlp_ds.shard --source nih` on `<nih-dir>` (the 621 `images_512` JPEGs,
-   patient-hash split train/val/test) and `--source synthetic --preset nih-like`, both at the run
-   config's image size;
+1. shards: the shard pipeline (`mixvlp_ds.shard.pipeline.write_dataset`) with the nih source on
+   `<nih-dir>` (the 621 `images_512` JPEGs, patient-hash split train/val/test) and the synthetic
+   nih-like preset, both at the run config's image size (the same shards as `python -m
+   mixvlp_ds.shard --source nih` / `--source synthetic --preset nih-like`; summary.json records
+   those commands);
 2. a held-out check: no patient of the evaluated split has an image in the training split
    (pre-training reads `split: train` only), else it stops;
 3. a tokenizer (UWOX has a text embedding; image-only rows never use it);
 4. pre-training: `mixvlp_ds.train.pretrain.pretrain_once` on `configs/nih_regen_pretrain.yaml`,
    its sources pointed at the shards by overrides (the command is in summary.json);
-5. evaluation on the held-out split: the model row is `mixvlp_ds.evaluate.eval_regen` (the same
-   code as `python -m mixvlp_ds.evaluate --task regen`), recomputed here with the same masks to add
-   two references that need no training, scored on the same images:
+5. evaluation on the held-out split: the model row is `mixvlp_ds.apps.regeneration.eval_regen` (the
+   code of `python -m mixvlp_ds.evaluate --task regen`), beside two references that need no training,
+   scored on the same images with the same masks:
    - `coarse level upsampled`: the half-resolution level of the pyramid, bilinearly upsampled. The
      multi-scale model sees this level intact while regenerating (only the finest level is
      masked), so a model that beats it has learnt more than interpolation;
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import shutil
 import time
@@ -41,7 +44,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mixvlp_ds.apps.regeneration import reference_table
+from mixvlp_ds.apps.regeneration import eval_regen, reference_table
 from mixvlp_ds.shipped import folder
 
 DEFAULT_CONFIG = folder("configs") / "nih_regen_pretrain.yaml"
@@ -63,27 +66,37 @@ def compare_grid(columns: list[np.ndarray], path: Path, zoom: int = 2) -> Path:
 # ----------------------------------------------------------------------------- steps
 def write_shards(nih_dir: Path, nih_images: str, shards: Path, image_size: int, synthetic_num: int,
                  seed: int) -> dict:
-    """The two shard folders (skipped when index.json exists); returns {name: (dir, command)}."""
-    from mixvlp_ds.shard.__main__ import main as shard_main
+    """The two shard folders through the shard pipeline's API (`write_dataset`; skipped when
+    index.json exists), written and recorded exactly as the shard command with the same options
+    would. Returns {name: {"dir", "command"}}: "command" is that shard command."""
+    from mixvlp_ds.shard.pipeline import ShardOptions, write_dataset
+    from mixvlp_ds.shard.sources.nih import NIHSource
+    from mixvlp_ds.shard.sources.synthetic import SyntheticSource
 
+    # (source, its options as index.json records them, the seed, the equivalent command's options)
     jobs = {
-        "nih": ["--source", "nih", "--nih-dir", str(nih_dir), "--nih-images", nih_images,
-                "--image-size", str(image_size), "--out", str(shards / f"nih-{image_size}")],
-        "nih-like": ["--source", "synthetic", "--preset", "nih-like", "--num", str(synthetic_num),
-                     "--seed", str(seed), "--image-size", str(image_size),
-                     "--out", str(shards / f"nih-like-{image_size}")],
+        "nih": (lambda: NIHSource(nih_dir, image_glob=nih_images),
+                {"source": "nih", "nih_dir": str(nih_dir), "nih_images": nih_images, "nih_metadata": None,
+                 "nih_split_lists": None, "nih_test_fraction": 0.2, "nih_val_fraction": 0.1}, 0,
+                ["--source", "nih", "--nih-dir", str(nih_dir), "--nih-images", nih_images]),
+        "nih-like": (lambda: SyntheticSource("nih-like", num=synthetic_num, seed=seed),
+                     {"source": "synthetic", "preset": "nih-like", "num": synthetic_num, "conspicuity": 1.0,
+                      "split_shares": None}, seed,
+                     ["--source", "synthetic", "--preset", "nih-like", "--num", str(synthetic_num),
+                      "--seed", str(seed)]),
     }
     done = {}
-    for name, argv in jobs.items():
-        out = Path(argv[-1])
+    for name, (make_source, source_args, source_seed, argv) in jobs.items():
+        out = shards / f"{name}-{image_size}"
         if not (out / "index.json").is_file():
-            rc = shard_main(argv + ["--no-progress"])
-            if rc:
-                raise RuntimeError(f"python -m mixvlp_ds.shard {' '.join(argv)} failed (exit {rc})")
+            opts = ShardOptions(image_size=image_size, workers=os.cpu_count() or 1, seed=source_seed,
+                                source_args=source_args)
+            write_dataset(make_source(), out, opts)
         index = json.loads((out / "index.json").read_text())
         if int(index["image_size"]) != image_size:
             raise ValueError(f"{out}: written at {index['image_size']} px, the run needs {image_size} px "
                              "(delete the folder or use --fresh)")
+        argv = [*argv, "--image-size", str(image_size), "--out", str(out)]
         done[name] = {"dir": str(out), "command": "python -m mixvlp_ds.shard " + " ".join(argv)}
     return done
 
@@ -133,8 +146,6 @@ def evaluate(model_dir: Path, nih_shards: str, split: str, out: Path, num_images
              seed: int = 0, batch_size: int = 16) -> dict:
     """The model beside the two references on the same held-out images and masks (eval_regen), and
     the comparison grids."""
-    from mixvlp_ds.evaluate import eval_regen
-
     res = eval_regen(str(model_dir), nih_shards, split, out, num_images or 10**9, grids, batch_size, seed)
     arr = res.pop("images")
     err = np.abs(arr["original"].astype(np.int16) - arr["model"].astype(np.int16)).astype(np.uint8)

@@ -38,7 +38,7 @@ from mixvlp_ds.apps.classification import LinearProbe, masked_bce, per_finding_l
 from mixvlp_ds.apps.hashing import HashHead, cauchy_hashing_loss
 from mixvlp_ds.apps.loop import fit, predict
 from mixvlp_ds.apps.retrieval import KS
-from mixvlp_ds.shard.format import CXR14
+from mixvlp_ds.labels import CXR14
 from mixvlp_ds.shard.sources.openi import read_openi_gold, read_openi_reports
 
 

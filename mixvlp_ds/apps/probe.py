@@ -48,7 +48,7 @@ def labelled_rows(uri: str, split: str, side: str = "img", label_space: str | No
     """Every labelled row of a split that carries `side` ("img" | "txt"): {"labels": (N, K) float,
     "patients": [N], "names": findings} plus "pyramid" [3 x (N, s, s) uint8] or "texts" [N]."""
     from mixvlp_ds.data.reader import iter_samples, read_index
-    from mixvlp_ds.shard.format import label_names
+    from mixvlp_ds.labels import label_names
 
     space = label_space or read_index(uri).get("label_space", "none")
     member = "pyramid" if side == "img" else "text"

@@ -10,7 +10,7 @@ loader fills its last batch of an epoch up to B rows with them, so every batch h
                       copies 4x smaller).
     "patch_mask":     list of 3 bool (B, N_l), the patches masked at each level for L_img (15%
                       of every level of every image row; False where has_image is False). Only
-                      in pre-training batches (`mixvlp_ds.data.patch_masking`).
+                      in pre-training batches (`mixvlp_ds.patch_masking`).
     "patch_source":   list of 3 long (B, N_l), index into the level's B*N_l flattened patches of
                       the patch that replaces a masked one (its own index elsewhere).
     "has_image":      bool (B,)

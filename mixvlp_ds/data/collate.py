@@ -9,8 +9,9 @@ import numpy as np
 import torch
 
 from mixvlp_ds.data.batch import Batch
-from mixvlp_ds.data.patch_masking import PatchMasking, draw_patch_masks
-from mixvlp_ds.shard.format import label_names, level_sizes
+from mixvlp_ds.labels import label_names
+from mixvlp_ds.patch_masking import PatchMasking, draw_patch_masks
+from mixvlp_ds.shard.format import level_sizes
 from mixvlp_ds.text.masking import mask_tokens, tokenizer_mask_args
 from mixvlp_ds.text.tokenizer import MAX_LENGTH
 

@@ -23,7 +23,8 @@ from PIL import Image
 
 from mixvlp_ds.data.faults import FaultCounter
 from mixvlp_ds.data.s3 import open_s3, read_s3_bytes
-from mixvlp_ds.shard.format import image_field, label_names, level_sizes
+from mixvlp_ds.labels import label_names
+from mixvlp_ds.shard.format import image_field, level_sizes
 from mixvlp_ds.shard.images import decode_gray8_png
 from mixvlp_ds.storage import is_s3
 

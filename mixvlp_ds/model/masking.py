@@ -2,7 +2,7 @@
 
 Words: `mixvlp_ds.text.masking.mask_tokens` (BERT's 80/10/10 rule, a fixed budget per row),
 applied by the data pipeline; the model gathers the budget's positions (`masked_word_positions`).
-Patches: drawn by the data pipeline too (`mixvlp_ds.data.patch_masking`): 15% of the patches of
+Patches: drawn by the data pipeline too (`mixvlp_ds.patch_masking`): 15% of the patches of
 EVERY pyramid level, each replaced by a random patch of the same level from any image of the
 batch; the model only gathers them (`replace_patches`). Only finest-level masked patches are
 predicted (L_img). Both gathers have static shapes: no row selection, no boolean indexing.
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from mixvlp_ds.data.patch_masking import draw_patch_masks
+from mixvlp_ds.patch_masking import draw_patch_masks
 from mixvlp_ds.text.masking import IGNORE_INDEX
 
 __all__ = ["IGNORE_INDEX", "masked_word_positions", "random_patch_masking", "replace_patches"]

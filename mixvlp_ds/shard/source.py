@@ -42,8 +42,8 @@ class SourceItem:
 
 
 class Source(Protocol):
-    """A dataset source. `label_space` is a key of `format.LABEL_SPACES`, or an
-    institution's own space (`format.custom_label_space`)."""
+    """A dataset source. `label_space` is a key of `mixvlp_ds.labels.LABEL_SPACES`, or an
+    institution's own space (`mixvlp_ds.labels.custom_label_space`)."""
 
     name: str
     label_space: str

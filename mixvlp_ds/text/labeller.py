@@ -38,7 +38,8 @@ Rules (the parser-free reading of CheXpert's three stages):
 
     python -m mixvlp_ds.text.labeller --csv reports.csv --text-column Reports --out labels.csv
     python -m mixvlp_ds.text.labeller --shards shards/openi --split test --out labels.jsonl
-    python -m mixvlp_ds.text.labeller --score-openi          # F1 vs the OpenI gold labels
+
+Its F1 against NegBio's OpenI gold labels: `python -m mixvlp_ds.apps.labeller_openi`.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ from pathlib import Path
 
 import yaml
 
-from mixvlp_ds.shard.format import CHEXPERT14, CXR14
+from mixvlp_ds.labels import CHEXPERT14, CXR14
 
 WHERE = ("the RadText rule files (https://github.com/bionlplab/radtext, folder resources/: "
          "chexpert_phrases.yml, cxr14_phrases_v2.yml, patterns/) in <DIR>/radtext")
@@ -212,55 +213,6 @@ class ReportLabeller:
         return out
 
 
-# ----------------------------------------------------------------------------- OpenI scoring
-
-
-def score_openi(openi_dir: str | Path, labelers: str | Path | None = None,
-                uncertain_as: int = 1) -> dict:
-    """Precision/recall/F1 per CXR14 finding of the labeller vs the OpenI gold labels.
-
-    A report counts as positive for a finding when the labeller says 1 (or -1 with uncertain_as=1).
-    """
-    from mixvlp_ds.shard.sources.openi import read_openi_gold, read_openi_reports
-
-    lab = ReportLabeller("cxr14", labelers)
-    texts, gold = read_openi_reports(openi_dir), read_openi_gold(openi_dir)
-    ids = sorted(set(texts) & set(gold))
-    counts = {n: [0, 0, 0] for n in CXR14}  # tp, fp, fn
-    for i in ids:
-        pred = lab.label(texts[i])
-        for n in CXR14:
-            p = pred[n] == 1 or (pred[n] == -1 and uncertain_as == 1)
-            g = gold[i][n] == 1
-            counts[n][0] += p and g
-            counts[n][1] += p and not g
-            counts[n][2] += g and not p
-    per = {}
-    for n, (tp, fp, fn) in counts.items():
-        prec = tp / (tp + fp) if tp + fp else None
-        rec = tp / (tp + fn) if tp + fn else None
-        f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else None
-        per[n] = {"precision": prec, "recall": rec, "f1": f1, "support": tp + fn}
-    tp, fp, fn = (sum(c[j] for c in counts.values()) for j in range(3))
-    f1s = [v["f1"] for v in per.values() if v["f1"] is not None and v["support"]]
-    return {"reports": len(ids), "per_finding": per, "micro_f1": 2 * tp / (2 * tp + fp + fn),
-            "macro_f1": sum(f1s) / len(f1s), "uncertain_as": uncertain_as}
-
-
-def _fmt(x: float | None) -> str:
-    return "n/a" if x is None else f"{x:.3f}"
-
-
-def score_table(result: dict) -> str:
-    lines = ["| finding | support | precision | recall | F1 |", "|---|---|---|---|---|"]
-    for n, v in result["per_finding"].items():
-        cells = [str(v["support"]), _fmt(v["precision"]), _fmt(v["recall"]), _fmt(v["f1"])]
-        lines.append(f"| {n} | " + " | ".join(cells) + " |")
-    lines.append(f"| micro | | | | {result['micro_f1']:.3f} |")
-    lines.append(f"| macro (findings with support) | | | | {result['macro_f1']:.3f} |")
-    return "\n".join(lines)
-
-
 # ----------------------------------------------------------------------------- CLI
 
 
@@ -283,23 +235,12 @@ def main(argv: list[str] | None = None) -> int:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--csv", help="CSV of reports (one per row)")
     src.add_argument("--shards", help="a shard folder (index.json); labels its reports")
-    src.add_argument("--score-openi", action="store_true", help="score against OpenI gold labels")
     p.add_argument("--text-column", default="Reports")
     p.add_argument("--split", default="train")
     p.add_argument("--space", default="chexpert14", choices=sorted(PHRASE_FILES))
     p.add_argument("--labelers", default=None, help="rule folder holding radtext/ (or $MIXVLP_LABELERS)")
-    p.add_argument("--openi-dir", default=None,
-                   help="OpenI folder with indiana_reports.csv and openi_gld_std14.csv (--score-openi)")
-    p.add_argument("--out", default=None, help="output CSV (--csv), JSONL (--shards) or JSON (--score-openi)")
+    p.add_argument("--out", default=None, help="output CSV (--csv) or JSONL (--shards)")
     args = p.parse_args(argv)
-    if args.score_openi:
-        if not args.openi_dir:
-            p.error("--score-openi needs --openi-dir (the OpenI reports and NegBio's gold labels)")
-        res = score_openi(args.openi_dir, args.labelers)
-        print(score_table(res))
-        if args.out:
-            Path(args.out).write_text(json.dumps(res, indent=2))
-        return 0
     lab = ReportLabeller(args.space, args.labelers)
     out = open(args.out, "w", newline="") if args.out else sys.stdout
     try:

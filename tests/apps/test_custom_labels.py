@@ -93,7 +93,7 @@ def test_pretrain_finetune_evaluate_in_the_custom_space(site_shards, apps_assets
         assert set(row["auc"]) == set(LABELS)
         assert all(v is None or 0.0 <= v <= 1.0 for v in row["auc"].values())
     table = (tmp_path / "ft" / "results.md").read_text()
-    assert table.splitlines()[0] == "| row | mean AUC | covid | pneumonia | no_finding |"
+    assert table.splitlines()[0] == "| row | mean AUC [95% CI] | covid | pneumonia | no_finding |"
     assert (tmp_path / "ft" / "roc_txt_only.png").stat().st_size > 1000
     head = str(tmp_path / "ft" / "models" / "txt_only")
     ev = evaluate.main(["--task", "cls", "--model", head, "--shards", str(site_shards),
@@ -118,7 +118,7 @@ def test_pretrain_finetune_evaluate_in_the_custom_space(site_shards, apps_assets
 def test_label_space_options(site, tmp_path):
     import argparse
 
-    from mixvlp_ds.shard.format import custom_label_space, label_names
+    from mixvlp_ds.labels import custom_label_space, label_names
     from mixvlp_ds.shard.source import InputLayoutError, RejectLog
     from mixvlp_ds.shard.sources import csv_manifest
 

@@ -84,7 +84,7 @@ def test_tfidf_baseline_on_real_openi_split(shared_data):
     """The bag-of-words reference of docs/applications.md on NegBio's split (771 test reports)."""
     from mixvlp_ds.apps import metrics
     from mixvlp_ds.apps.openi_text import load_split, tfidf_classify
-    from mixvlp_ds.shard.format import CXR14
+    from mixvlp_ds.labels import CXR14
 
     train, test, texts, labels = load_split(shared_data / "openi_iu")
     assert (len(train), len(test)) == (3080, 771)

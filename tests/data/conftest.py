@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mixvlp_ds.shard.format import CHEXPERT14, make_key
+from mixvlp_ds.labels import CHEXPERT14
+from mixvlp_ds.shard.format import make_key
 from mixvlp_ds.shard.pipeline import ShardOptions, write_dataset
 from mixvlp_ds.shard.source import SourceItem
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mixvlp_ds.data.patch_masking import draw_patch_masks
 from mixvlp_ds.model import ModelConfig, mask_tokens
+from mixvlp_ds.patch_masking import draw_patch_masks
 
 PAD, UNK, CLS, SEP, MASK = 0, 1, 2, 3, 4
 

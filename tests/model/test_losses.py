@@ -2,10 +2,10 @@
 
 import torch
 
-from mixvlp_ds.data.patch_masking import draw_patch_masks
 from mixvlp_ds.model import MixVLP, ModelConfig, mask_tokens, random_patch_masking
 from mixvlp_ds.model.losses import image_loss
 from mixvlp_ds.model.masking import masked_word_positions
+from mixvlp_ds.patch_masking import draw_patch_masks
 from mixvlp_ds.text.masking import masked_word_budget
 
 PAD, UNK, CLS, SEP, MASK = 0, 1, 2, 3, 4

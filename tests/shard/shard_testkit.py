@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from mixvlp_ds.shard.format import CHEXPERT14, make_key
+from mixvlp_ds.labels import CHEXPERT14
+from mixvlp_ds.shard.format import make_key
 from mixvlp_ds.shard.source import RejectLog, SourceItem
 
 REPORT = "FINDINGS: The heart is mildly enlarged. No pleural effusion.\nIMPRESSION: Cardiomegaly."

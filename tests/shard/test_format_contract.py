@@ -9,7 +9,8 @@ import webdataset as wds
 from PIL import Image
 from shard_testkit import ListSource, mixed_items
 
-from mixvlp_ds.shard.format import CHEXPERT14, META_FIELDS, image_field, label_values, level_sizes
+from mixvlp_ds.labels import CHEXPERT14
+from mixvlp_ds.shard.format import META_FIELDS, image_field, label_values, level_sizes
 from mixvlp_ds.shard.index import read_index, shard_paths
 from mixvlp_ds.shard.pipeline import ShardOptions, write_dataset
 from mixvlp_ds.streaming_compat import import_streaming

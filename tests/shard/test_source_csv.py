@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mixvlp_ds.shard.format import CHEXPERT14, CXR14
+from mixvlp_ds.labels import CHEXPERT14, CXR14
 from mixvlp_ds.shard.source import InputLayoutError, RejectLog
 from mixvlp_ds.shard.sources import csv_manifest
 from mixvlp_ds.shard.sources.csv_manifest import CSVManifestSource

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mixvlp_ds.shard.format import CHEXPERT14
+from mixvlp_ds.labels import CHEXPERT14
 from mixvlp_ds.shard.source import InputLayoutError, RejectLog
 from mixvlp_ds.shard.sources import mimic
 from mixvlp_ds.shard.sources.mimic import MIMICSource

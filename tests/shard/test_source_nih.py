@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mixvlp_ds.shard.format import CXR14
+from mixvlp_ds.labels import CXR14
 from mixvlp_ds.shard.source import InputLayoutError, RejectLog
 from mixvlp_ds.shard.sources import nih
 from mixvlp_ds.shard.sources.nih import NIHSource, expand_header

@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mixvlp_ds.shard.format import CHEXPERT14, label_values
+from mixvlp_ds.labels import CHEXPERT14
+from mixvlp_ds.shard.format import label_values
 from mixvlp_ds.shard.source import RejectLog
 from mixvlp_ds.shard.sources import synthetic
 from mixvlp_ds.shard.sources.synthetic import SyntheticSource, make_record

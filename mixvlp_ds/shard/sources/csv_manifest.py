@@ -37,7 +37,8 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-from mixvlp_ds.shard.format import LABEL_SPACES, custom_label_space, label_names, make_key
+from mixvlp_ds.labels import LABEL_SPACES, custom_label_space, label_names
+from mixvlp_ds.shard.format import make_key
 from mixvlp_ds.shard.source import InputLayoutError, RejectLog, SourceItem
 from mixvlp_ds.shard.sources._files import check_fractions, hash_split, parse_label, read_report
 from mixvlp_ds.text.sections import clean_text, extract_report, split_sections

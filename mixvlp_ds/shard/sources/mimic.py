@@ -26,7 +26,8 @@ import argparse
 from collections.abc import Iterator
 from pathlib import Path
 
-from mixvlp_ds.shard.format import CHEXPERT14, make_key
+from mixvlp_ds.labels import CHEXPERT14
+from mixvlp_ds.shard.format import make_key
 from mixvlp_ds.shard.source import InputLayoutError, RejectLog, SourceItem
 from mixvlp_ds.shard.sources._files import csv_dicts, find_table, parse_label, read_report
 from mixvlp_ds.text.sections import extract_report

@@ -29,7 +29,8 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from mixvlp_ds.shard.format import CXR14, make_key
+from mixvlp_ds.labels import CXR14
+from mixvlp_ds.shard.format import make_key
 from mixvlp_ds.shard.source import InputLayoutError, RejectLog, SourceItem
 from mixvlp_ds.shard.sources._files import check_fractions, csv_rows, hash_fraction, hash_split
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass, field
 
-from mixvlp_ds.shard.format import CHEXPERT14
+from mixvlp_ds.labels import CHEXPERT14
 
 PATHOLOGIES = tuple(f for f in CHEXPERT14 if f not in ("No Finding", "Support Devices"))
 DRAWN = PATHOLOGIES + ("Support Devices",)  # the 13 findings that have an image signature

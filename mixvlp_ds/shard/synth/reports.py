@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mixvlp_ds.shard.format import CHEXPERT14
+from mixvlp_ds.labels import CHEXPERT14
 from mixvlp_ds.shard.synth.findings import Finding
 from mixvlp_ds.shard.synth.institutions import PATHOLOGIES
 

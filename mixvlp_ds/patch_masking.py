@@ -6,6 +6,8 @@ The draw happens here, on the host, with the batch's own seeded generator, and t
 batch as two tensors per level; the model only gathers (`mixvlp_ds.model.masking.replace_patches`).
 So the training step has static shapes and no random draw of its own, and a resumed run replays
 the same masks from the data pipeline's state alone.
+A leaf of the package (torch only): the data pipeline draws with it (`data/collate.py`), and so
+does the model's regeneration (`model.masking.random_patch_masking`), neither importing the other.
 
     masks, sources = draw_patch_masks(has_image, (64, 16, 4), 0.15, generator)
     masks[l]:   (B, N_l) bool, True = masked (always False in rows without an image)
