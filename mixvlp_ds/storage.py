@@ -9,6 +9,7 @@ instance roles); they are never logged. A non-AWS server (MinIO, moto, Ceph) is 
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass
 
 
@@ -42,14 +43,29 @@ def endpoint_url(explicit: str | None = None) -> str | None:
     return explicit or os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("S3_ENDPOINT_URL") or None
 
 
+_shared: dict = {"factory": None, "lock": threading.Lock()}
+
+
 def s3_client(endpoint: str | None = None, max_attempts: int = 8, connect_timeout: float = 5.0,
-              read_timeout: float = 30.0):
+              read_timeout: float = 30.0, total_max_attempts: int | None = None, shared: bool = False):
     """A boto3 S3 client with standard retries. Make one per process/thread (boto3 clients are
-    thread-safe, but not fork-safe: worker processes must create their own)."""
+    thread-safe, but not fork-safe: worker processes must create their own).
+
+    total_max_attempts: attempts including the first (instead of max_attempts retries). shared: made
+    by one factory for the whole process (faster, and every such client raises the same
+    `client.exceptions.NoSuchKey` class); boto3's factory itself is not thread-safe, hence the lock."""
     import boto3
     from botocore.config import Config
 
-    cfg = Config(retries={"max_attempts": max_attempts, "mode": "standard"},
+    retries = ({"total_max_attempts": total_max_attempts} if total_max_attempts is not None
+               else {"max_attempts": max_attempts})
+    cfg = Config(retries={**retries, "mode": "standard"},
                  connect_timeout=connect_timeout, read_timeout=read_timeout,
                  s3={"addressing_style": "path"})
-    return boto3.session.Session().client("s3", endpoint_url=endpoint_url(endpoint), config=cfg)
+    with _shared["lock"]:
+        factory = _shared["factory"] if shared else None
+        if factory is None:
+            factory = boto3.session.Session()
+            if shared:
+                _shared["factory"] = factory
+        return factory.client("s3", endpoint_url=endpoint_url(endpoint), config=cfg)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from mixvlp_ds.config import ConfigError
-from mixvlp_ds.shard.format import LABEL_SPACES, is_label_space
+from mixvlp_ds.labels import LABEL_SPACES, is_label_space
 
 Role = Literal["paired", "image_only", "text_only"]
 Rest = Literal["drop", "repair", "split"]
@@ -115,6 +115,16 @@ class DataConfig:
             raise ConfigError(f"data.paired_percent must lie in [0, 100], got {self.paired_percent}")
         if not 0 <= self.negative_rate < 1:
             raise ConfigError(f"data.negative_rate must lie in [0, 1), got {self.negative_rate}")
+        if not 0 <= self.max_skip_fraction <= 1:   # a share of the records: 1.5 would never abort
+            raise ConfigError(f"data.max_skip_fraction: {self.max_skip_fraction} is not a fraction in [0, 1]")
+        if not 0 <= self.mask_text_prob <= 1:
+            raise ConfigError(f"data.mask_text_prob: {self.mask_text_prob} is not a fraction in [0, 1]")
+        for name in ("min_records_before_abort", "s3_backoff"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"data.{name}: must be >= 0, got {getattr(self, name)}")
+        for name in ("s3_retries", "image_pool", "report_pool"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"data.{name}: must be >= 1, got {getattr(self, name)}")
         if self.batch_size < 1 or self.num_workers < 0 or self.shuffle_buffer < 1 or self.prefetch_factor < 1:
             raise ConfigError("data.batch_size >= 1, data.num_workers >= 0, data.shuffle_buffer >= 1, "
                               "data.prefetch_factor >= 1")

@@ -7,8 +7,12 @@ writes to the checkpoint prefix at a time:
     killed attempt never completes a newer attempt's checkpoint;
   - at start the attempt checks that it may use the prefix at all (a probe object written, read and
     deleted on every rank: a misspelt bucket or denied access fails the run here, not an hour later),
-    then takes the lease (`_lease.json`); an older attempt still running finds the lease taken at
-    its next upload and is fenced off: it uploads and commits nothing more, and stops training;
+    and that the prefix and the folder are this run's (`check_ownership`: a fresh run into a prefix
+    holding checkpoints, or `--resume auto` with nothing committed into a folder holding a run, is a
+    ConfigError), then takes the lease (`_lease.json`); an older attempt still running finds the
+    lease taken at its next checkpoint and is fenced off: it uploads and commits nothing more, and
+    stops training. Its uploads in flight go to its own key space (`step_X/attempt-<id>/`), which
+    the newer attempt's COMMITTED never names, and it cannot replace a COMMITTED marker;
   - a rank started by a launcher (torchrun, deepspeed) exits when that launcher dies, so killing a
     launcher never leaves its ranks training on;
   - the run succeeds only when its final checkpoint is committed: otherwise it stops with
@@ -29,6 +33,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from mixvlp_ds.config import ConfigError
 from mixvlp_ds.storage import s3_client
 from mixvlp_ds.train.checkpoint_store import CheckpointUploader, tag_for
 from mixvlp_ds.train.s3sync import FencedError, PreflightError, S3Checkpoints
@@ -37,6 +42,14 @@ from mixvlp_ds.train.s3sync import FencedError, PreflightError, S3Checkpoints
 class NotCommittedError(RuntimeError):
     """The run trained to its end, but its final checkpoint is not committed to S3."""
 
+
+
+def existing_run(out_dir: Path) -> str | None:
+    """What in `out_dir` says a run already trained there (None: nothing)."""
+    found = [p.name for p in (out_dir / "metrics.jsonl",) if p.is_file()]
+    found += [f"{p.name}/" for p in (out_dir / "model",) if p.is_dir() and any(p.iterdir())]  # an export
+    found += sorted(p.name for p in (out_dir / "checkpoints").glob("step_*"))[-1:]
+    return ", ".join(found) or None
 
 def new_attempt_id(device: torch.device) -> str:
     """A fresh id drawn on rank 0, the same on every rank (a collective)."""
@@ -98,6 +111,7 @@ def open_uploader(run, info, root: Path, log) -> CheckpointUploader:
         error = e
     if any_rank(error is not None, info.device):
         raise error or PreflightError(f"S3 preflight for {t.ckpt_uri} failed on another rank (see its log)")
+    check_ownership(run, info, S3Checkpoints(uploader.uri))
     if info.is_main:
         lease = {"attempt": attempt, "started": f"{datetime.now(timezone.utc)}", "host": socket.gethostname(),
                  "pid": os.getpid(), "world_size": info.world_size}
@@ -105,6 +119,42 @@ def open_uploader(run, info, root: Path, log) -> CheckpointUploader:
         log(f"[attempt] {attempt} holds {t.ckpt_uri}")
     dist.barrier()
     return uploader
+
+
+def check_ownership(run, info, s3: S3Checkpoints) -> None:
+    """A run owns its prefix and its folder (a collective; ConfigError on every rank, exit status 2):
+      - a fresh run (no --resume) into a prefix that holds checkpoints would mix with them, and its
+        retention would delete the newer ones as "old" (a lease alone is no checkpoint: allowed);
+      - --resume auto with nothing committed at the prefix would start from scratch, overwriting
+        the checkpoints and appending to the metrics of a run that the output folder holds."""
+
+    t, out_dir = run.train, Path(run.train.output_dir)
+    box: list = [None]
+    if info.is_main:
+        tags, committed = s3.tags(), s3.committed_tags()
+        if not t.resume and tags:
+            what = (f"committed checkpoints {', '.join(committed[-3:])}" if committed
+                    else f"uncommitted uploads {', '.join(tags[-3:])}")
+            box[0] = ("error", f"train.ckpt_uri={t.ckpt_uri} already holds a run ({what}); a fresh run there "
+                               f"would mix with it and its retention would delete them. Resume that run "
+                               f"(--resume auto) or choose another --ckpt-uri prefix")
+        elif t.resume == "auto" and not committed:
+            box[0] = ("folder", None)
+    dist.broadcast_object_list(box, src=0, device=info.device if info.device.type == "cuda" else None)
+    if box[0] is None:
+        return
+    kind, msg = box[0]
+    if kind == "folder":
+        found = [None] * info.world_size
+        dist.all_gather_object(found, existing_run(out_dir) if info.local_rank == 0 else None)
+        here = [f for f in found if f]
+        if not here:
+            return
+        msg = (f"--resume auto: nothing is committed at {t.ckpt_uri}, but train.output_dir={out_dir} already "
+               f"holds a run ({here[0]}); starting from scratch there would overwrite its checkpoints and "
+               f"append to its metrics. Resume it from its local checkpoints (--resume "
+               f"{out_dir / 'checkpoints'}), or choose a new train.output_dir")
+    raise ConfigError(msg)
 
 
 def check_fenced(uploader: CheckpointUploader | None, device: torch.device) -> None:

@@ -36,7 +36,10 @@ from mixvlp_ds.train.checkpoint_store import (
     CheckpointUploader,
     NoUsableCheckpointError,
     commit_local,
+    describe_files,
     fetch_for_resume,
+    list_files,
+    owner_rank,
     prune_local,
     step_of,
     tag_for,
@@ -133,9 +136,13 @@ class CheckpointManager:
             (root / tag / "run_config.yaml").write_text(yaml.safe_dump(to_dict(self.run), sort_keys=False))
             (root / tag / "ds_config.json").write_text(json.dumps(self.ds_config, indent=1))
             shutil.copytree(self.run.tokenizer, root / tag / "tokenizer")
-        dist.barrier()
-        if info.local_rank == 0:  # this node's copy is complete
-            commit_local(root, tag)
+        # every rank hashes the files it wrote, in parallel (the gather is the barrier); the node's
+        # local rank 0 writes COMMITTED with those sha256s once this node's copy is complete
+        own = [p for p in list_files(root / tag) if owner_rank(p) == info.rank]
+        described: list = [None] * info.world_size
+        dist.all_gather_object(described, describe_files(root / tag, own))
+        if info.local_rank == 0:
+            commit_local(root, tag, info.world_size, known=[e for d in described for e in d])
         # tags still uploading somewhere must survive local retention
         pending = uploader.pending_tag if uploader is not None and uploader.busy() else None
         oldest = _all_reduce(step_of(pending) if pending else float("inf"), dist.ReduceOp.MIN, info.device)

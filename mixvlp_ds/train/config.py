@@ -156,4 +156,44 @@ def load_run_config(path: str | Path | None, overrides: list[str] | None = None)
         if data_key in (data.get("data") or {}):
             raise ConfigError(f"{where}: data.{data_key} is the model's value: set model.{model_key} "
                               f"(the data pipeline reads it from there)")
-    return from_dict(RunConfig, expand_model_preset(data), where=where)
+    try:
+        run = from_dict(RunConfig, expand_model_preset(data), where=where)
+    except ConfigError as e:   # a section's validate() names the key; the file goes in front
+        if str(e).startswith(where):
+            raise
+        raise ConfigError(f"{where}: {e}") from None
+    run.source = where   # not a field: for check_inputs' messages, never written to a run config
+    return run
+
+
+def check_inputs(run: RunConfig) -> None:
+    """What the run config names exists and fits, before anything is built: the tokenizer directory
+    (and its size against model.vocab_size), each source's shard index, and the shards' image size
+    against model.image_size. A ConfigError `<file>: <key>: <problem>` otherwise (exit status 2),
+    not a traceback from deep in the data pipeline."""
+    from botocore.exceptions import ClientError
+
+    from mixvlp_ds.data.reader import read_index
+    from mixvlp_ds.shard.index import ShardIndexError
+    from mixvlp_ds.text.tokenizer import load_tokenizer
+
+    where = getattr(run, "source", "config")
+    try:
+        tokenizer = load_tokenizer(run.tokenizer)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{where}: tokenizer: {e}") from None
+    if len(tokenizer) > run.model.vocab_size:
+        raise ConfigError(f"{where}: model.vocab_size: {run.model.vocab_size} is smaller than the "
+                          f"{len(tokenizer)} tokens of tokenizer {run.tokenizer}")
+    d = run.data
+    for i, s in enumerate(d.sources):
+        key = f"data.sources.{i}.uri"
+        try:
+            index = read_index(s.uri, d.s3_retries, d.s3_backoff)
+        except (ShardIndexError, OSError, ValueError, ClientError) as e:   # ClientError: no such key/bucket
+            raise ConfigError(f"{where}: {key}: source {s.name!r}: {e}") from None
+        size = index.get("image_size")
+        if size is not None and int(size) != run.model.image_size:
+            raise ConfigError(f"{where}: {key}: the shards of source {s.name!r} have image_size {size}, "
+                              f"model.image_size is {run.model.image_size}: set model.image_size={size} or "
+                              f"write shards at {run.model.image_size} px")

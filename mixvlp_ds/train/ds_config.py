@@ -131,19 +131,157 @@ def fill_ds_config(ds: dict, run: RunConfig, world_size: int, device_type: str =
     leftovers = [k for k, v in _walk(ds) if v == AUTO]
     if leftovers:
         raise ConfigError(f"{where}: no run-config value to fill {leftovers}; write explicit values")
+    check_sections(ds, where)
     return ds
 
 
 def check_keys(ds: dict, where: str) -> None:
-    """Unknown top-level keys are errors (DeepSpeed would ignore them), with the closest known key."""
+    """Unknown keys are errors naming their dotted path and the closest known key: at the top level
+    (DeepSpeed would ignore them), in every section DeepSpeed reads with a pydantic model, recursively
+    (DeepSpeed would stop with a pydantic traceback), and in `optimizer` (its type and params)."""
+    for key, value in ds.items():
+        if key not in KNOWN_KEYS:
+            raise ConfigError(f"{where}: unknown top-level key {key!r}{_near(key, KNOWN_KEYS)}; DeepSpeed "
+                              f"would ignore it silently. Known keys: {', '.join(sorted(KNOWN_KEYS))}")
+        model = section_models().get(key)
+        if model is not None:
+            if not isinstance(value, dict):
+                if key == "zero_optimization" and isinstance(value, bool):
+                    raise ConfigError(f"{where}: zero_optimization: write a section, e.g. {{\"stage\": 2}}, "
+                                      f"not {json.dumps(value)}")
+                raise ConfigError(f"{where}: {key}: expected a section (a JSON object), got {value!r}")
+            _check_model_keys(value, model, key, where)
+    if "optimizer" in ds:
+        check_optimizer(ds, where)
+
+
+def _near(key: str, known) -> str:
     import difflib
 
-    for key in ds:
-        if key not in KNOWN_KEYS:
-            near = difflib.get_close_matches(key, sorted(KNOWN_KEYS), n=1)
-            hint = f" (did you mean {near[0]!r}?)" if near else ""
-            raise ConfigError(f"{where}: unknown top-level key {key!r}{hint}; DeepSpeed would ignore it "
-                              f"silently. Known keys: {', '.join(sorted(KNOWN_KEYS))}")
+    near = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6)
+    return f" (did you mean {near[0]!r}?)" if near else ""
+
+
+def section_models() -> dict[str, type]:
+    """DeepSpeed's pydantic model of each section it validates (deepspeed 0.19.8: runtime/config.py)."""
+    from deepspeed.comm.config import CommsLoggerConfig
+    from deepspeed.compile.config import CompileConfig
+    from deepspeed.monitor.config import CometConfig, CSVConfig, TensorBoardConfig, WandbConfig
+    from deepspeed.runtime.config import HybridEngineConfig
+    from deepspeed.runtime.precision_config import DeepSpeedBF16Config, DeepSpeedFP16Config
+    from deepspeed.runtime.zero.config import DeepSpeedZeroConfig
+
+    return {"zero_optimization": DeepSpeedZeroConfig, "bf16": DeepSpeedBF16Config,
+            "bfloat16": DeepSpeedBF16Config, "fp16": DeepSpeedFP16Config, "compile": CompileConfig,
+            "hybrid_engine": HybridEngineConfig,
+            "tensorboard": TensorBoardConfig, "wandb": WandbConfig, "csv_monitor": CSVConfig,
+            "comet": CometConfig, "comms_logger": CommsLoggerConfig}
+
+
+def _submodel(annotation):
+    """The pydantic model inside a field's annotation (X, Optional[X], Union[X, ...]), or None."""
+    import typing
+
+    from pydantic import BaseModel
+
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _submodel(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _check_model_keys(section: dict, model, path: str, where: str) -> None:
+    fields = {}
+    for name, f in model.model_fields.items():
+        fields[name] = f
+        for alias in (f.alias, f.validation_alias):
+            if isinstance(alias, str):
+                fields[alias] = f
+    for key, value in section.items():
+        if key not in fields:
+            raise ConfigError(f"{where}: {path}.{key}: unknown key{_near(key, fields)}; DeepSpeed's {path} "
+                              f"section has {', '.join(sorted(fields))}")
+        sub = _submodel(fields[key].annotation)
+        if sub is not None and isinstance(value, dict):
+            _check_model_keys(value, sub, f"{path}.{key}", where)
+
+
+def check_sections(ds: dict, where: str) -> None:
+    """Each section's values, validated by DeepSpeed's own model as deepspeed.initialize will: the
+    first error as one ConfigError naming its dotted key (not a pydantic traceback)."""
+    from pydantic import ValidationError
+
+    for key, model in section_models().items():
+        if not isinstance(ds.get(key), dict):
+            continue
+        try:
+            model(**ds[key])
+        except ValidationError as e:
+            err = e.errors()[0]
+            loc = ".".join(str(p) for p in (key, *err["loc"]))
+            raise ConfigError(f"{where}: {loc}: {err['msg']} (got {err.get('input')!r})") from None
+        except (ValueError, TypeError, AssertionError) as e:
+            raise ConfigError(f"{where}: {key}: {e}") from None
+
+
+# the optimizers the project trains with (universal.py's elastic checkpoints know their state):
+# DeepSpeed's names, compared case-insensitively as DeepSpeed does
+OPTIMIZERS = ("Adam", "AdamW")
+OPTIMIZER_KEYS = ("type", "params", "legacy_fusion")
+# params DeepSpeed itself takes out before building the optimizer (runtime/engine.py)
+DS_OPTIMIZER_PARAMS = ("torch_adam", "adam_w_mode", "fp32_optimizer_states")
+
+
+def optimizer_class(ds: dict):
+    """The class DeepSpeed will build for `ds["optimizer"]` (runtime/engine.py,
+    get_optimizer_configuration): torch's with torch_adam, the CPU Adam with an offloaded optimizer,
+    else FusedAdam."""
+    opt = ds["optimizer"]
+    params = opt.get("params") or {}
+    adamw = str(opt.get("type", "")).lower() == "adamw" or bool(params.get("adam_w_mode", True))
+    if params.get("torch_adam"):
+        import torch
+
+        return torch.optim.AdamW if adamw else torch.optim.Adam
+    offload = (ds.get("zero_optimization") or {}).get("offload_optimizer") or {}
+    if isinstance(offload, dict) and offload.get("device") in ("cpu", "nvme"):
+        from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+        return DeepSpeedCPUAdam
+    from deepspeed.ops.adam import FusedAdam
+
+    return FusedAdam
+
+
+def check_optimizer(ds: dict, where: str) -> None:
+    """optimizer.type one of OPTIMIZERS; optimizer.params the arguments of the class DeepSpeed builds."""
+    import inspect
+
+    opt = ds["optimizer"]
+    if not isinstance(opt, dict):
+        raise ConfigError(f"{where}: optimizer: expected a section (a JSON object), got {opt!r}")
+    for key in opt:
+        if key not in OPTIMIZER_KEYS:
+            raise ConfigError(f"{where}: optimizer.{key}: unknown key{_near(key, OPTIMIZER_KEYS)}; the "
+                              f"optimizer section has {', '.join(OPTIMIZER_KEYS)}")
+    kind = opt.get("type", "AdamW")
+    if not isinstance(kind, str) or kind.lower() not in [o.lower() for o in OPTIMIZERS]:
+        raise ConfigError(f"{where}: optimizer.type: {kind!r} is not an optimizer this project trains with"
+                          f"{_near(str(kind), OPTIMIZERS)}; use one of {', '.join(OPTIMIZERS)}")
+    params = opt.get("params", {})
+    if not isinstance(params, dict):
+        raise ConfigError(f"{where}: optimizer.params: expected a JSON object, got {params!r}")
+    cls = optimizer_class(ds)
+    takes = set(inspect.signature(cls.__init__).parameters) - {"self", "params", "model_params"}
+    known = takes | set(DS_OPTIMIZER_PARAMS)
+    for key in params:
+        if key not in known:
+            raise ConfigError(f"{where}: optimizer.params.{key}: unknown parameter{_near(key, known)}; "
+                              f"{cls.__module__}.{cls.__name__} (what DeepSpeed builds for this config) "
+                              f"takes {', '.join(sorted(known))}")
 
 
 def _walk(d: Any, prefix: str = ""):

@@ -108,6 +108,60 @@ def build_engine(model: torch.nn.Module, ds_config: dict, train: TrainConfig):
     return engine
 
 
+# the hyper-parameters a checkpoint's optimizer / LR-schedule state carries: loading it restores
+# THEIR values over the run config's (torch's Optimizer.load_state_dict takes the saved param-group
+# settings, LambdaLR's the saved base LRs). The schedule's shape (train.warmup_steps, steps, decay,
+# min_lr_ratio) is not in that state: it is a function of the run config and follows a change.
+CARRIED = ("lr", "betas", "eps", "weight_decay")
+
+
+def carried_hyperparameters(engine) -> dict:
+    """{name: value} of CARRIED as the engine will train with them (after a resume: the checkpoint's)."""
+    groups = engine.optimizer.param_groups
+    have = {}
+    base = getattr(engine.lr_scheduler, "base_lrs", None)   # our LambdaLR; a DeepSpeed scheduler has none
+    if base:
+        have["lr"] = float(base[0])
+    if "betas" in groups[0]:
+        have["betas"] = tuple(float(b) for b in groups[0]["betas"])
+    if "eps" in groups[0]:
+        have["eps"] = float(groups[0]["eps"])
+    have["weight_decay"] = max(float(g.get("weight_decay", 0.0)) for g in groups)   # the decayed group's
+    return have
+
+
+def check_resumed_hyperparameters(engine, train: TrainConfig, source: str = "the checkpoint") -> None:
+    """After a resume: the optimizer and LR schedule the checkpoint restored carry the run config's
+    lr, betas, eps and weight_decay; otherwise the run would train on the checkpoint's values while
+    its config (and the run_config.yaml of its new checkpoints) says others: a ConfigError naming
+    both values. (Refused, as a changed train.batch_size is.)"""
+    import math
+
+    from mixvlp_ds.config import ConfigError
+
+    def same(a, b) -> bool:
+        a, b = (a if isinstance(a, tuple) else (a,)), (tuple(b) if isinstance(b, (tuple, list)) else (b,))
+        return len(a) == len(b) and all(math.isclose(x, y, rel_tol=1e-6, abs_tol=1e-12)
+                                        for x, y in zip(a, b, strict=True))
+
+    changed = [(k, v, getattr(train, k)) for k, v in carried_hyperparameters(engine).items()
+               if not same(v, getattr(train, k))]
+    if changed:
+        said = "; ".join(f"train.{k} is {_show(new)}, {source} was trained with {_show(old)}"
+                         for k, old, new in changed)
+        keep = " ".join(f"train.{k}={_show(old)}" for k, old, _ in changed)
+        raise ConfigError(f"{said}: its optimizer and LR-schedule state carry the old value(s), which a "
+                          f"resume would keep while the run config says otherwise. Keep {keep} to resume (a "
+                          f"checkpoint cannot change them; start a new run, e.g. from its exported model, to "
+                          f"train with other values)")
+
+
+def _show(v) -> str:
+    if isinstance(v, (tuple, list)):
+        return "[" + ",".join(_show(x) for x in v) + "]"
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
 def peak_flops(device: torch.device, precision: str, override_tflops: float = 0.0) -> float:
     """Peak FLOP/s of one device for MFU: the config's value, else a table of dense bf16 peaks."""
     if override_tflops:

@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 
 from mixvlp_ds.config import ConfigError
-from mixvlp_ds.train.config import RunConfig, load_run_config
+from mixvlp_ds.train.config import RunConfig, check_inputs, load_run_config
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -50,16 +50,11 @@ def log0(info, msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
 
-def existing_run(out_dir: Path) -> str | None:
-    """What in `out_dir` says a run already trained there (None: nothing)."""
-    found = [p.name for p in (out_dir / "metrics.jsonl",) if p.is_file()]
-    found += sorted(p.name for p in (out_dir / "checkpoints").glob("step_*"))[-1:]
-    return ", ".join(found) or None
-
-
 def refuse_existing_run(out_dir: Path, resuming: bool, device: torch.device) -> None:
     """A fresh run (no --resume) into a folder that holds a run would append to its metrics and mix
     its checkpoints with the old ones: refuse, on every rank together (a collective)."""
+    from mixvlp_ds.train.attempt import existing_run
+
     found = None if resuming else existing_run(out_dir)
     flag = torch.tensor([float(found is not None)], device=device)
     dist.all_reduce(flag, op=dist.ReduceOp.MAX)
@@ -74,8 +69,8 @@ def build(run: RunConfig, info):
     """Tokenizer, model (same initial weights on every rank), data loader (which draws the word and
     patch masks the model's geometry asks for; pinned batches on CUDA)."""
     from mixvlp_ds.data import build_pretrain_loader
-    from mixvlp_ds.data.patch_masking import PatchMasking
     from mixvlp_ds.model import MixVLP
+    from mixvlp_ds.patch_masking import PatchMasking
     from mixvlp_ds.text.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(run.tokenizer)
@@ -115,7 +110,13 @@ def main(argv: list[str] | None = None) -> dict:
     from mixvlp_ds.train.attempt import started_by_launcher, watch_launcher
     from mixvlp_ds.train.checkpoint import CheckpointManager
     from mixvlp_ds.train.ds_config import load_ds_config
-    from mixvlp_ds.train.engine import build_engine, cpu_threads, init_distributed, standalone_env
+    from mixvlp_ds.train.engine import (
+        build_engine,
+        check_resumed_hyperparameters,
+        cpu_threads,
+        init_distributed,
+        standalone_env,
+    )
     from mixvlp_ds.train.trainer import Trainer
 
     args = parse_args(argv)
@@ -125,6 +126,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.resume is not None:
         overrides.append(f"train.resume={args.resume}")
     run = load_run_config(args.config, overrides)
+    check_inputs(run)  # tokenizer, shards, image size: a ConfigError naming the key, not a traceback
     os.environ.update(standalone_env())  # the program's environment: rank 0 of 1 without a launcher
     info = init_distributed()
     if info.device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:  # the variable, when set, wins
@@ -144,7 +146,8 @@ def main(argv: list[str] | None = None) -> dict:
     trainer = Trainer(run, info, engine, loader)
     # S3 first: fail fast when the prefix is unusable, and take it from any older attempt before resuming
     checkpoints = CheckpointManager(run, info, ds_config)
-    checkpoints.resume(trainer)
+    if checkpoints.resume(trainer):  # the optimizer / schedule state must not override the run config
+        check_resumed_hyperparameters(engine, t)
     sink = open_reporting(run, info, ds_config, trainer, compiled) if info.is_main else None
 
     def on_step(st) -> None:

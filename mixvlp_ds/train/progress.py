@@ -2,6 +2,8 @@
 
 Shows step / total, samples/s, tokens/s, TFLOP/s and MFU, each loss, the realised shares of paired,
 re-paired, image-only and text-only tuples, the institution mix, skipped steps and the ETA.
+Inside a stage of a longer job (mixvlp_ds.stage_progress: its output goes to the stage's log) each
+update also moves that stage's progress bar.
 """
 
 from __future__ import annotations
@@ -38,7 +40,10 @@ class Progress:
         return _fmt_eta((time.perf_counter() - self.t0) / done * (self.total - step))
 
     def update(self, r: dict) -> None:
+        from mixvlp_ds import stage_progress
+
         step = r["step"]
+        stage_progress.report(step, self.total, f"step {step}/{self.total} loss {r['loss']:.4f}")
         if self.live is not None:
             self.live.update(self._table(r))
         elif step % self.log_every == 0 or step == self.total:

@@ -18,6 +18,17 @@ stale manifest of an older attempt can be restored silently. An attempt whose le
 writes nothing more (`FencedError`): one writer per prefix. Errors that retrying cannot mend (no
 such bucket, access denied) are raised at once (`is_permanent`). Credentials come from boto3's
 chain (mixvlp_ds.storage); nothing here logs them.
+
+Errors are told apart by their TYPE (`classify`): "permanent" (a ClientError whose code no retry
+mends, missing credentials, a fenced attempt, a local file that is not there, and anything that is
+not an S3 or network error at all: a bug is reported at once, not retried for an hour),
+"unreachable" (the endpoint did not answer: botocore's connect/read timeouts, connection errors)
+and "transient" (any other S3 or network error: 5xx, throttling, a checksum mismatch). Every
+request keeps a deadline: inside `retry(..., deadline, ...)` each request of `S3Checkpoints` goes
+through a client whose connect/read timeouts and attempts fit the time left (`_sized_client`), so a
+server that stops answering costs the deadline plus about a second, never read_timeout x attempts
+per request. Outside a deadline a request gets at most `CALL_BUDGET` seconds, and only
+`DOWN_BUDGET` while the last retry in this process gave up on an unreachable endpoint.
 """
 
 from __future__ import annotations
@@ -25,9 +36,12 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+from botocore.exceptions import ClientError
 
 from mixvlp_ds.storage import S3Uri, s3_client
 
@@ -55,12 +69,105 @@ class PreflightError(RuntimeError):
 
 
 def error_code(e: BaseException) -> str | None:
-    """botocore ClientError's code ("NoSuchBucket", "404", ...), None for other errors."""
-    return getattr(e, "response", {}).get("Error", {}).get("Code") if hasattr(e, "response") else None
+    """botocore ClientError's code ("NoSuchBucket", "404", ...), None for other errors (botocore's
+    timeouts and connection errors carry no response, or response=None)."""
+    response = getattr(e, "response", None)
+    if not isinstance(response, dict):
+        return None
+    return (response.get("Error") or {}).get("Code")
+
+
+def _causes(e: BaseException):
+    """e, then what it was raised from or while handling (boto3 wraps a ClientError of an upload in
+    S3UploadFailedError without `from`), at most 8 deep."""
+    seen = 0
+    while e is not None and seen < 8:
+        yield e
+        e = e.__cause__ or e.__context__
+        seen += 1
+
+
+def _classify_one(e: BaseException) -> str | None:
+    from botocore import exceptions as be
+
+    if isinstance(e, FencedError):
+        return "permanent"
+    if isinstance(e, be.ClientError):
+        return "permanent" if error_code(e) in PERMANENT else "transient"
+    if isinstance(e, (be.NoCredentialsError, be.PartialCredentialsError, be.CredentialRetrievalError,
+                      be.ParamValidationError, be.NoRegionError)):
+        return "permanent"
+    if isinstance(e, (be.ConnectTimeoutError, be.ReadTimeoutError, be.EndpointConnectionError,
+                      be.ConnectionClosedError, be.ConnectionError, TimeoutError, ConnectionError)):
+        return "unreachable"
+    if isinstance(e, (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)):
+        return "permanent"   # a local file of the checkpoint: no retry brings it back
+    return None
+
+
+def classify(e: BaseException) -> str:
+    """"permanent" | "unreachable" | "transient" (see the module doc), by the types of `e` and of the
+    errors it wraps."""
+    from boto3.exceptions import Boto3Error
+    from botocore.exceptions import BotoCoreError
+    from s3transfer.exceptions import RetriesExceededError, S3DownloadFailedError, S3UploadFailedError
+
+    for cause in _causes(e):
+        kind = _classify_one(cause)
+        if kind is not None:
+            return kind
+    transient = (ChecksumError, BotoCoreError, Boto3Error, RetriesExceededError, S3UploadFailedError,
+                 S3DownloadFailedError, OSError)
+    return "transient" if isinstance(e, transient) else "permanent"
 
 
 def is_permanent(e: BaseException) -> bool:
-    return isinstance(e, FencedError) or error_code(e) in PERMANENT
+    return classify(e) == "permanent"
+
+
+def not_found(e: BaseException) -> bool:
+    """A ClientError saying the object is not there (GET: NoSuchKey, HEAD: 404)."""
+    return error_code(e) in ("NoSuchKey", "404", "NotFound")
+
+
+# -- deadlines --------------------------------------------------------------------------------------
+CALL_BUDGET = 120.0   # seconds one request may take outside any deadline (connect + read x attempts)
+DOWN_BUDGET = 4.0     # the same while this process's last retry gave up on an unreachable endpoint
+_LADDER = (1, 2, 3, 5, 8, 13, 20, 30, 45, 60, 90, 120)   # timeouts in use: few clients, reused
+_local = threading.local()     # .deadline: the deadline of the retry() running in this thread
+_down = {"since": None}        # when a retry last gave up because the endpoint did not answer
+_clients: dict[tuple, object] = {}
+_clients_lock = threading.Lock()
+
+
+def _sized_client(base, budget: float):
+    """A client like `base` (its endpoint) whose one request, retries included, fits in `budget`
+    seconds: connect and read timeouts of at most budget / 2 (never above base's), and as many
+    attempts (never more than base's) as fit. Always one of ours, made by one factory (storage's
+    `shared`), so that `s3.client.exceptions.NoSuchKey` is the class the last request raised."""
+    cfg = base.meta.config
+    base_read, base_connect = float(cfg.read_timeout), float(cfg.connect_timeout)
+    base_attempts = int((cfg.retries or {}).get("total_max_attempts", 3))
+    step = max([v for v in _LADDER if v <= budget / 2] or [1])
+    read, connect = min(base_read, step), min(base_connect, step)
+    attempts = max(1, min(base_attempts, int(budget // (read + connect))))
+    endpoint = base.meta.endpoint_url
+    endpoint = None if "amazonaws.com" in endpoint else endpoint   # AWS: boto3 resolves it
+    key = (endpoint, read, connect, attempts)
+    with _clients_lock:
+        client = _clients.get(key)
+        if client is None:
+            client = _clients[key] = s3_client(endpoint, connect_timeout=connect, read_timeout=read,
+                                               total_max_attempts=attempts, shared=True)
+    return client
+
+
+def _budget() -> float:
+    """Seconds the next request of this thread may take (its retry's deadline, or a default)."""
+    deadline = getattr(_local, "deadline", None)
+    if deadline is not None:
+        return max(1.0, deadline - time.time())
+    return DOWN_BUDGET if _down["since"] is not None else CALL_BUDGET
 
 
 def sha256_file(path: Path, chunk: int = 8 << 20) -> str:
@@ -81,21 +188,39 @@ def retry(fn: Callable, what: str, deadline: float, backoff: float, report: Call
           max_backoff: float = 60.0):
     """Call `fn()` until it succeeds or `deadline` (time.time()) passes; exponential backoff + jitter.
 
-    Every failure is reported (message only: botocore errors never carry credentials)."""
+    While `fn` runs, every S3Checkpoints request in this thread fits in the time left (see the
+    module doc), so this returns or raises within about a second of `deadline`. Permanent errors
+    (`classify`) are raised at once. Every failure is reported (message only: botocore errors never
+    carry credentials)."""
     delay = backoff
     attempt = 0
-    while True:
-        attempt += 1
-        try:
-            return fn()
-        except Exception as e:  # noqa: BLE001 - any transport/server error is retried ...
-            if is_permanent(e):  # ... but those no retry can mend
-                raise RuntimeError(f"{what}: {type(e).__name__}: {e}") from e
-            if time.time() + delay > deadline:
-                raise RuntimeError(f"{what}: giving up after {attempt} attempts: {e}") from e
-            report(f"{what}: attempt {attempt} failed ({type(e).__name__}: {e}); retrying in {delay:.1f}s")
-            time.sleep(delay * (1 + 0.1 * random.random()))
-            delay = min(delay * 2, max_backoff)
+    start = time.time()
+    outer = getattr(_local, "deadline", None)
+    _local.deadline = deadline if outer is None else min(outer, deadline)
+    try:
+        while True:
+            attempt += 1
+            try:
+                result = fn()
+                _down["since"] = None
+                return result
+            except Exception as e:  # noqa: BLE001 - classified: retried, or raised at once
+                kind = classify(e)
+                if kind == "permanent":
+                    raise RuntimeError(f"{what}: {type(e).__name__}: {e}") from e
+                if time.time() + delay > _local.deadline:
+                    if kind == "unreachable":
+                        _down["since"] = _down["since"] or time.time()
+                        raise RuntimeError(f"{what}: S3 did not answer: gave up after {attempt} attempt(s) "
+                                           f"in {time.time() - start:.0f} s ({type(e).__name__}: {e})") from e
+                    raise RuntimeError(f"{what}: giving up after {attempt} attempts in "
+                                       f"{time.time() - start:.0f} s: {type(e).__name__}: {e}") from e
+                report(f"{what}: attempt {attempt} failed ({type(e).__name__}: {e}); retrying in "
+                       f"{delay:.1f}s")
+                time.sleep(delay * (1 + 0.1 * random.random()))
+                delay = min(delay * 2, max_backoff)
+    finally:
+        _local.deadline = outer
 
 
 class S3Checkpoints:
@@ -103,12 +228,18 @@ class S3Checkpoints:
 
     def __init__(self, uri: S3Uri, multipart_threshold: int = 64 << 20, client=None):
         self.uri = uri
-        self.client = client or s3_client()
+        self.base_client = client or s3_client()
         from boto3.s3.transfer import TransferConfig
 
         # Multipart above the threshold: parallel parts, and a failed part is retried alone.
         self.transfer = TransferConfig(multipart_threshold=multipart_threshold,
                                        multipart_chunksize=max(multipart_threshold // 4, 8 << 20))
+
+    @property
+    def client(self):
+        """The client for the next request: the given one, with timeouts and attempts that fit this
+        thread's deadline (or the default budget of a request)."""
+        return _sized_client(self.base_client, _budget())
 
     # -- writing ------------------------------------------------------------------------------
     def upload_verified(self, local: Path, key: str, entry: dict) -> None:
@@ -153,7 +284,9 @@ class S3Checkpoints:
         try:
             obj = self.client.get_object(Bucket=self.uri.bucket, Key=self.uri.key(LEASE))
             return json.loads(obj["Body"].read())
-        except self.client.exceptions.NoSuchKey:
+        except ClientError as e:
+            if not not_found(e):
+                raise
             return None
         except ValueError:
             return {"attempt": "<unreadable lease>"}
@@ -213,7 +346,9 @@ class S3Checkpoints:
         key = self.uri.key(tag, COMMITTED)
         try:
             obj = self.client.get_object(Bucket=self.uri.bucket, Key=key)
-        except self.client.exceptions.NoSuchKey:
+        except ClientError as e:
+            if not not_found(e):
+                raise
             return None
         try:
             manifest = json.loads(obj["Body"].read())
@@ -233,7 +368,9 @@ class S3Checkpoints:
         committed tags decide)."""
         try:
             raw = self.client.get_object(Bucket=self.uri.bucket, Key=self.uri.key(LATEST))["Body"].read()
-        except self.client.exceptions.NoSuchKey:
+        except ClientError as e:
+            if not not_found(e):
+                raise
             return None
         text = raw.decode("utf-8", "replace").strip()
         return text if text.startswith("step_") and text[5:].isdigit() else None
@@ -242,8 +379,10 @@ class S3Checkpoints:
         try:
             self.client.head_object(Bucket=self.uri.bucket, Key=key)
             return True
-        except self.client.exceptions.ClientError:
-            return False
+        except ClientError as e:
+            if not_found(e):
+                return False
+            raise
 
     def download(self, tag: str, dest: Path) -> dict:
         """Download committed `tag` into `dest` and verify every file; raises ChecksumError."""
@@ -256,10 +395,10 @@ class S3Checkpoints:
             key = self.uri.key(tag, e["path"])
             try:
                 self.client.download_file(self.uri.bucket, key, str(local), Config=self.transfer)
-            except self.client.exceptions.ClientError as err:
+            except ClientError as err:
                 if is_permanent(err):
                     raise
-                what = "deleted" if error_code(err) in ("404", "NoSuchKey") else str(err)
+                what = "deleted" if not_found(err) else str(err)
                 raise ChecksumError(f"s3://{self.uri.bucket}/{key}: cannot be read ({error_code(err)}: "
                                     f"{what})") from err
             size = local.stat().st_size

@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 import yaml
 
-from mixvlp_ds.shard.format import CHEXPERT14, make_key
+from mixvlp_ds.labels import CHEXPERT14
+from mixvlp_ds.shard.format import make_key
 from mixvlp_ds.shard.source import SourceItem
 
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "mixvlp_torch_extensions"))

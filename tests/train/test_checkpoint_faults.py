@@ -45,7 +45,9 @@ def test_a_manifest_left_by_a_killed_attempt_is_never_committed(tmp_path, s3_buc
     assert new0.wait(30)
     s3 = S3Checkpoints(parse_s3_uri(uri))
     assert s3.committed_tags() == [] and s3.latest() is None          # the stale manifest did not count
-    assert any("ignoring manifest" in m and "left by attempt old" in m for m in logs)
+    # it lies in the old attempt's own key space, which the new attempt never reads
+    assert s3.list_keys(f"{tag_for(4)}/attempt-old/_manifests/") == [
+        f"run/{tag_for(4)}/attempt-old/_manifests/rank_00001.json"]
     assert any("NOT committed" in m and "ranks [1]" in m for m in logs)
 
 
@@ -80,7 +82,7 @@ def two_committed(tmp_path, s3_bucket):
 def test_damaged_newest_checkpoint_falls_back_with_a_warning_naming_the_object(damage, two_committed,
                                                                                 tmp_path):
     uri, s3, bucket = two_committed
-    key = f"run/{tag_for(4)}/rank_00000.pt"
+    key = f"run/{tag_for(4)}/attempt-a1/rank_00000.pt"
     if damage == "deleted":
         s3.client.delete_object(Bucket=bucket, Key=key)
     elif damage == "garbage":
@@ -102,9 +104,13 @@ def test_damaged_newest_checkpoint_falls_back_with_a_warning_naming_the_object(d
 def test_a_garbage_latest_is_ignored_and_nothing_usable_says_what_was_tried(two_committed, tmp_path):
     uri, s3, bucket = two_committed
     s3.client.put_object(Bucket=bucket, Key="run/latest", Body=b"\xff\xfe garbage")
-    assert fetch_for_resume(uri, tmp_path / "dl", log=pytest.fail)[1] == tag_for(4)
+    warnings = []
+    assert fetch_for_resume(uri, tmp_path / "dl", log=warnings.append)[1] == tag_for(4)
+    assert warnings == [f"WARNING: {uri}/latest is unreadable ('\ufffd\ufffd garbage'): resuming from the "
+                        f"newest committed checkpoint, {tag_for(4)}"]
     for step in (2, 4):
-        s3.client.delete_object(Bucket=bucket, Key=f"run/{tag_for(step)}/mp_rank_00_model_states.pt")
+        s3.client.delete_object(Bucket=bucket,
+                                Key=f"run/{tag_for(step)}/attempt-a1/mp_rank_00_model_states.pt")
     with pytest.raises(NoUsableCheckpointError, match=rf"no intact committed checkpoint under {uri}; tried: "
                                                       rf"{tag_for(4)} \(.*deleted.*\); {tag_for(2)} \("):
         fetch_for_resume(uri, tmp_path / "dl2", log=lambda m: None)

@@ -71,7 +71,7 @@ def test_commit_protocol_multipart_and_retention(tmp_path, s3_bucket):
     assert sorted(e["path"] for e in manifest["files"]) == sorted(
         list(FILES) + ["zero_pp_rank_1_mp_rank_00_model_states.pt"])
     big = s3.client.head_object(Bucket=s3_bucket,
-                                Key=f"runs/a/{tag}/zero_pp_rank_1_mp_rank_00_model_states.pt")
+                                Key=f"runs/a/{tag}/attempt-none/zero_pp_rank_1_mp_rank_00_model_states.pt")
     assert "-" in big["ETag"]  # multipart upload
     for step in (20, 30):
         upload_all(ups, fake_checkpoint(tmp_path, step))
@@ -101,7 +101,7 @@ def test_truncated_file_falls_back_to_previous(tmp_path, s3_bucket):
         up.submit(fake_checkpoint(tmp_path / "ckpt", step))
         assert up.wait(30)
     s3 = S3Checkpoints(parse_s3_uri(uri))
-    key = f"r/{tag_for(2)}/rank_00000.pt"
+    key = f"r/{tag_for(2)}/attempt-none/rank_00000.pt"
     body = s3.client.get_object(Bucket=s3_bucket, Key=key)["Body"].read()
     s3.client.put_object(Bucket=s3_bucket, Key=key, Body=body[: len(body) // 2])
     warnings = []
