@@ -4,10 +4,16 @@
     python -m mixvlp_ds.evaluate --task retrieval --model runs/ft/models/text --shards shards/openi-like
     python -m mixvlp_ds.evaluate --task regen --checkpoint runs/pre_b8/model runs/pre_b16/model \\
         --shards shards/nih --split test --num-images 64 --grids 8 --out runs/regen
+    python -m mixvlp_ds.evaluate --task zeroshot --model runs/pre/model --shards shards/openi-like \\
+        [--prompts my_prompts.yaml] [--random-init]
+    python -m mixvlp_ds.evaluate --task report_retrieval --model runs/pre/model --shards shards/openi-like
 
 cls / retrieval take a fine-tuned directory written by launchers/finetune.py (MixVLP weights +
 probe.pt or hash_head.pt + head.json). regen takes one or more pre-trained MixVLP directories
-(one Table 4(b) row each). Each writes results.json and results.md under --out and prints the table.
+(one Table 4(b) row each). zeroshot / report_retrieval take one or more pre-trained UWOX directories
+and score them through their pair-matching head with no labels (apps/zeroshot.py); --random-init adds
+the first model's architecture with random weights through the same code. Each writes results.json
+and results.md under --out and prints the table.
 """
 
 from __future__ import annotations
@@ -30,7 +36,8 @@ from mixvlp_ds.apps.classification import (
 from mixvlp_ds.apps.hashing import HashHead
 from mixvlp_ds.apps.heads import HEAD_INFO, make_pool
 from mixvlp_ds.apps.loop import predict
-from mixvlp_ds.apps.retrieval import KS, evaluate_codes
+from mixvlp_ds.apps.regeneration import eval_regen
+from mixvlp_ds.apps.retrieval import KS, evaluate_codes, random_code_baseline
 from mixvlp_ds.apps.rows import Rows, check_same_label_space, fetch_model_dir, labelled_samples, usable
 
 
@@ -67,7 +74,7 @@ def _head_outputs(head: torch.nn.Module, weights: Path, model, info: dict, pool,
 
 
 def eval_cls(model_dir: Path, shards: str, split: str, batch_size: int = 32, max_samples: int = 0) -> dict:
-    from mixvlp_ds.shard.format import label_names
+    from mixvlp_ds.labels import label_names
 
     model, info, pool, ev = _load_with_rows(model_dir, shards, split, max_samples)
     names = label_names(info["label_space"])
@@ -75,7 +82,10 @@ def eval_cls(model_dir: Path, shards: str, split: str, batch_size: int = 32, max
     scores = _head_outputs(probe, model_dir / "probe.pt", model, info, pool, ev, batch_size)
     y = apply_label_policy(ev.labels, info["uncertain"])
     auc = metrics.auc_per_finding(y, scores, names)
+    from mixvlp_ds.apps.references import bootstrap_mean_auc
+
     return {"row": info["row"], "auc": auc, "mean_auc": metrics.mean_auc(auc), "n": len(ev),
+            "ci": list(bootstrap_mean_auc(y, scores)),
             "names": list(names), "scores": scores, "labels": y}
 
 
@@ -84,51 +94,59 @@ def eval_retrieval(model_dir: Path, shards: str, split: str, batch_size: int = 3
     model, info, pool, ev = _load_with_rows(model_dir, shards, split, max_samples)
     head = HashHead(feature_dim(model, info["side"], pool), info["bits"], pool)
     codes = _head_outputs(head, model_dir / "hash_head.pt", model, info, pool, ev, batch_size)
-    res = evaluate_codes(codes, binary_labels(ev.labels, info["uncertain"]), KS)
+    y = binary_labels(ev.labels, info["uncertain"])
+    res = evaluate_codes(codes, y, KS)
     res["query"] = info["query"]
+    res["random_codes"] = random_code_baseline(y, info["bits"], 0)["p_at_k"]
     return res
 
 
-def eval_regen(checkpoint: str, shards: str, split: str, out: Path, num_images: int = 64, grids: int = 8,
-               batch_size: int = 16, seed: int = 0) -> dict:
-    """Regeneration metrics of one pre-trained model over the first `num_images` images of a split,
-    beside the two references (apps/regeneration.py) on the same images and masks: the model's
-    numbers at the top level, the comparison in "rows" (with the images' keys)."""
-    import tempfile
-
-    from mixvlp_ds.apps.regeneration import save_grid, with_references
-    from mixvlp_ds.data.reader import iter_samples
+def pair_models(model_dirs: list[str], random_init: bool, cache: Path) -> list[tuple[str, object, object]]:
+    """(name, model, tokenizer) for each pre-trained directory, and the random-weight reference."""
     from mixvlp_ds.model import MixVLP
-    with tempfile.TemporaryDirectory() as cache:
-        model = MixVLP.from_pretrained(fetch_model_dir(checkpoint, Path(cache))).eval()
-    if model.cfg.fusion == "unit":
-        raise ValueError("regeneration of UNIT needs reports too; evaluate a UWOX / AIAYN-image model")
-    size = model.cfg.image_size
-    pyramids, keys = [], []
-    for s in iter_samples(shards, split, image_size=size):
-        if s["pyramid"] is not None:
-            pyramids.append(s["pyramid"])
-            keys.append(s["key"])
-            if len(pyramids) >= num_images:
-                break
-    if not pyramids:
-        raise ValueError(f"{shards}: split {split!r} has no images")
-    both = with_references(model, pyramids, seed, batch_size)
-    orig, regen = both["images"]["original"], both["images"]["model"]
-    res = dict(both["rows"]["model"])
-    name = f"{'ms' if model.cfg.multiscale else 'ss'}_B{model.cfg.block_size}"
-    res.update(variant=name, patches=model.cfg.num_patches, checkpoint=checkpoint, image_size=size,
-               block_size=model.cfg.block_size, keys=keys, rows=both["rows"], images=both["images"])
-    res["grids"] = [str(save_grid(orig[k], regen[k], out / "grids" / name / f"{k:03d}.png"))
-                    for k in range(min(grids, len(orig)))]
-    return res
+    from mixvlp_ds.text.tokenizer import load_tokenizer
+
+    out = []
+    for m in model_dirs:
+        d = fetch_model_dir(m, cache)
+        out.append((m, MixVLP.from_pretrained(d).eval(), load_tokenizer(d / "tokenizer")))
+    if random_init and out:
+        torch.manual_seed(0)
+        out.append(("random init", MixVLP(out[0][1].cfg).eval(), out[0][2]))
+    return out
+
+
+def eval_pair_task(task: str, models: list[tuple[str, object, object]], shards: str, split: str, out: Path,
+                   prompts: str | None = None, batch_size: int = 64) -> tuple[dict, str]:
+    """Zero-shot classification or image <-> report retrieval of each model: (results, markdown)."""
+    from mixvlp_ds.apps import zeroshot as zs
+
+    rows = zs.load_rows(shards, split, need_text=task == "report_retrieval")
+    results = {}
+    for name, model, tok in models:
+        if task == "zeroshot":
+            r = zs.zeroshot(model, tok, rows, zs.load_prompts(rows["label_space"], prompts), batch_size)
+            tag = "".join(c if c.isalnum() else "_" for c in name)
+            plots.roc_curves(r.pop("labels"), r.pop("scores"), r["names"], out / f"roc_zeroshot_{tag}.png",
+                             title=f"zero-shot ROC, {name}")
+        else:
+            r = zs.report_retrieval(model, tok, rows, batch_size=batch_size)
+        results[name] = r
+    md = zs.zeroshot_table(results) if task == "zeroshot" else zs.retrieval_table(results)
+    return results, md
 
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(prog="python -m mixvlp_ds.evaluate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--task", required=True, choices=["cls", "retrieval", "regen"])
-    p.add_argument("--model", nargs="*", default=[], help="fine-tuned models/<row> dir(s) (cls, retrieval)")
+    p.add_argument("--task", required=True,
+                   choices=["cls", "retrieval", "regen", "zeroshot", "report_retrieval"])
+    p.add_argument("--model", nargs="*", default=[], help="fine-tuned models/<row> dir(s) (cls, retrieval); "
+                   "pre-trained UWOX dir(s) (zeroshot, report_retrieval)")
+    p.add_argument("--prompts", default=None, help="zeroshot: a YAML file of positive/negative sentences "
+                   "per finding (default: the shipped file of the shards' label space)")
+    p.add_argument("--random-init", action="store_true", help="zeroshot / report_retrieval: add the "
+                   "first model's architecture with random weights (the reference)")
     p.add_argument("--checkpoint", nargs="*", default=[], help="pre-trained MixVLP dir(s) (regen)")
     p.add_argument("--shards", required=True)
     p.add_argument("--split", default="test")
@@ -159,6 +177,16 @@ def main(argv: list[str] | None = None) -> dict:
                  for k, v in rows.items()}
         per_image = {k: v["per_image"] for k, v in rows.items()}
         summary = {"task": "regen", "results": brief, "per_image": per_image}
+    elif args.task in ("zeroshot", "report_retrieval"):
+        if not args.model:
+            p.error(f"--task {args.task} needs --model DIR [DIR ...] (pre-trained UWOX directories)")
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as cache:
+            models = pair_models(args.model, args.random_init, Path(cache))
+            rows, md = eval_pair_task(args.task, models, args.shards, args.split, out, args.prompts,
+                                      args.batch_size)
+        summary = {"task": args.task, "split": args.split, "shards": args.shards, "results": rows}
     else:
         if not args.model:
             p.error(f"--task {args.task} needs --model DIR [DIR ...]")

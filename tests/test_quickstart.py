@@ -49,6 +49,16 @@ def test_quickstart_runs_every_stage_and_skips_them_on_rerun(tmp_path, capsys, e
     assert set(summary["p_at_1_random_codes"]) == {"image", "text", "image+text"}
     assert "each objective beside its reference" in first and "upsampled coarse level" in first
     assert (run / "finetune_cls_scratch" / "results.json").is_file()
+    # no labels: zero-shot through the pair head and image <-> report retrieval, each beside random
+    zs = json.loads((run / "zeroshot" / "results.json").read_text())["results"]
+    assert "random init" in zs and len(zs) == 2
+    recalls = [f"i2t_recall{kind}_at_{k}" for kind in ("", "_random") for k in (1, 5, 10)]
+    for key in ("zeroshot_img_auc", "zeroshot_img_auc_ci", "zeroshot_scratch_auc", "zeroshot_per_finding",
+                *recalls):
+        assert summary[key] is not None, key
+    assert summary["i2t_recall_at_1"] <= summary["i2t_recall_at_5"] <= summary["i2t_recall_at_10"] <= 1.0
+    assert summary["label_efficiency"] is None          # opt-in: --label-efficiency or --long
+    assert "zero-shot mean AUC" in first and "image -> report R@1" in first
     main(args)  # everything is there: only the tables are printed again
     second = capsys.readouterr().out
     assert "already written" in second and "already pre-trained" in second

@@ -29,6 +29,7 @@ from typing import Any, Literal
 
 import torch
 
+from mixvlp_ds import stage_progress
 from mixvlp_ds.apps import plots, tables
 from mixvlp_ds.apps.classification import POOLS, UNCERTAIN_POLICIES, row_name
 from mixvlp_ds.apps.heads import fit_cls_head, fit_hash_head
@@ -109,7 +110,7 @@ def build_model(cfg: FinetuneConfig, cache: Path):
 
 def run(cfg: FinetuneConfig) -> dict:
     from mixvlp_ds.data.reader import read_index
-    from mixvlp_ds.shard.format import label_names
+    from mixvlp_ds.labels import label_names
 
     cfg.validate()
     out = Path(cfg.output_dir)
@@ -129,7 +130,7 @@ def run(cfg: FinetuneConfig) -> dict:
         mc = model.cfg
         results: dict[str, dict] = {}
         keys = cfg.sides if cfg.task == "cls" else cfg.queries
-        for key in keys:
+        for key in stage_progress.over(keys):   # each head: an equal share of the stage's bar
             side = key if cfg.task == "cls" else QUERY_SIDES[key]
             tr_s, ev_s = usable(train_s, mc.fusion, side), usable(eval_s, mc.fusion, side)
             if not tr_s or not ev_s:

@@ -24,6 +24,7 @@ from mixvlp_ds.apps.classification import (
 )
 from mixvlp_ds.apps.hashing import HashHead, cauchy_hashing_loss
 from mixvlp_ds.apps.loop import fit, predict
+from mixvlp_ds.apps.references import bootstrap_mean_auc
 from mixvlp_ds.apps.retrieval import KS, QUERY_SIDES, evaluate_codes, random_code_baseline
 from mixvlp_ds.apps.rows import Rows
 
@@ -77,7 +78,8 @@ def fit_cls_head(cfg, model, init_dir, tr: Rows, ev: Rows, side: str, names, out
     np.savez(d / "eval_scores.npz", scores=scores, labels=y_ev)
     if cfg.plots:
         plots.roc_curves(y_ev, scores, names, out / f"roc_{row.replace('+', '_')}.png", title=f"ROC, {row}")
-    return {"auc": auc, "mean_auc": metrics.mean_auc(auc), "n_train": len(tr), "n_eval": len(ev),
+    return {"auc": auc, "mean_auc": metrics.mean_auc(auc), "ci": list(bootstrap_mean_auc(y_ev, scores)),
+            "n_train": len(tr), "n_eval": len(ev),
             "train": {k: stats[k] for k in ("steps", "seconds", "last_loss")}, "model_dir": str(d)}
 
 

@@ -2,7 +2,8 @@
 
 Fine-tuning sets here are small (hundreds to a few thousand rows held in memory), so rows are
 addressed by index: `loss_fn(rows)` builds and scores the batch of those rows. One AdamW, linear
-warm-up then cosine decay, gradient clipping, a seeded row order; a printed line per epoch.
+warm-up then cosine decay, gradient clipping, a seeded row order; a printed line per epoch, and the
+epoch reported to the running stage's progress display (mixvlp_ds.stage_progress) when there is one.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from collections.abc import Callable, Iterable
 import numpy as np
 import torch
 from torch import nn
+
+from mixvlp_ds import stage_progress
 
 
 def minibatches(n: int, batch_size: int, rng: np.random.Generator | None = None) -> list[np.ndarray]:
@@ -79,9 +82,10 @@ def fit(modules: Iterable[nn.Module], loss_fn: Callable[[np.ndarray], torch.Tens
             losses.append(float(loss.detach()))
             step += 1
         epoch_losses.append(float(np.mean(losses)))
+        line = f"[{name}] epoch {epoch + 1}/{epochs} loss {epoch_losses[-1]:.4f} ({time.time() - t0:.0f}s)"
         if log:
-            log(f"[{name}] epoch {epoch + 1}/{epochs} loss {epoch_losses[-1]:.4f} "
-                f"({time.time() - t0:.0f}s)")
+            log(line)
+        stage_progress.report(epoch + 1, epochs, line)
         if max_seconds is not None and time.time() - t0 > max_seconds and epoch + 1 < epochs:
             stopped = True
             if log:

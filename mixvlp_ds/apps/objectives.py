@@ -10,6 +10,11 @@ Rows (all on the labelled institution's test split; the fine-tuning heads saw it
                       vs the same fine-tuning from random initialisation and, for the text, TF-IDF +
                       logistic regression fitted on the same training rows
     retrieval         P@1 per query type   vs random 64-bit codes
+    zero-shot         mean AUC of the pair head's score for each finding's sentences, no labels,
+                      with a bootstrap 95% interval   vs the same architecture with random weights
+    image -> report   Recall@1/5/10 of each image's own report among the test reports   vs random
+                      scores
+    label efficiency  (when run) pre-trained vs random init at each labelled budget, mean ± sd
 """
 
 from __future__ import annotations
@@ -45,7 +50,29 @@ def text_reference(shards: str, label_space: str | None = None, split: str = "te
     return {"auc": auc, "n_train": len(tr_x), "n_test": len(te_x)}
 
 
-def summarize(out: Path, shards: str, model_dir: Path, seconds: float) -> dict:
+def pair_scores(out: Path) -> dict:
+    """The no-label figures of <out>/zeroshot and <out>/report_retrieval (pre-trained and random init)."""
+    zs = json.loads((out / "zeroshot" / "results.json").read_text())["results"]
+    rr = json.loads((out / "report_retrieval" / "results.json").read_text())["results"]
+    trained = next(k for k in zs if k != "random init")
+    model, scratch = zs[trained], zs["random init"]
+    i2t = rr[trained]["image_to_report"]
+    summary = {"zeroshot_img_auc": model["mean_auc"], "zeroshot_img_auc_ci": model["ci"],
+               "zeroshot_scratch_auc": scratch["mean_auc"], "zeroshot_scratch_auc_ci": scratch["ci"],
+               "zeroshot_per_finding": model["auc"]}
+    for k in (1, 5, 10):
+        summary[f"i2t_recall_at_{k}"] = i2t["recall_at"][str(k)]
+        summary[f"i2t_recall_random_at_{k}"] = i2t["random"]["recall_at"][str(k)]
+    summary["i2t_recall_scratch_at_10"] = rr["random init"]["image_to_report"]["recall_at"]["10"]
+    summary["i2t_median_rank"] = i2t["median_rank"]
+    summary["i2t_median_rank_random"] = i2t["random"]["median_rank"]
+    summary["i2t_label_precision_at_10"] = i2t["label_precision_at"]["10"]
+    summary["i2t_label_precision_random_at_10"] = i2t["random"]["label_precision_at"]["10"]
+    return summary
+
+
+def summarize(out: Path, shards: str, model_dir: Path, seconds: float,
+              label_efficiency: list[dict] | None = None) -> dict:
     """Collect the main job's results and references into <out>/summary.json."""
     from mixvlp_ds.apps.probe import pair_match_auc
     from mixvlp_ds.model import MixVLP
@@ -76,6 +103,9 @@ def summarize(out: Path, shards: str, model_dir: Path, seconds: float) -> dict:
         "regen_ssim_coarse": refs["coarse level upsampled"]["ssim"],
         "p_at_1": {q: r["p_at_k"]["1"] for q, r in retrieval.items()},
         "p_at_1_random_codes": {q: r["random_codes"]["1"] for q, r in retrieval.items()},
+        **pair_scores(out),
+        "label_efficiency": [{k: v for k, v in e.items() if not k.endswith("_draws")}
+                             for e in label_efficiency] if label_efficiency else None,
         "seconds": round(seconds, 1),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
@@ -102,4 +132,16 @@ def objectives_table(s: dict) -> str:
     for q, p1 in s["p_at_1"].items():
         chance = s["p_at_1_random_codes"][q]
         lines.append(f"| retrieval P@1, {q} query | {f(p1)} | random 64-bit codes {f(chance)} |")
+    lo, hi = s["zeroshot_img_auc_ci"]
+    slo, shi = s["zeroshot_scratch_auc_ci"]
+    lines += [f"| zero-shot mean AUC [95% CI], no labels | {f(s['zeroshot_img_auc'])} [{f(lo)}, {f(hi)}] | "
+              f"random init {f(s['zeroshot_scratch_auc'])} [{f(slo)}, {f(shi)}] |",
+              f"| image -> report R@1 / R@5 / R@10 | {f(s['i2t_recall_at_1'])} / {f(s['i2t_recall_at_5'])} / "
+              f"{f(s['i2t_recall_at_10'])} | random scores {f(s['i2t_recall_random_at_1'])} / "
+              f"{f(s['i2t_recall_random_at_5'])} / {f(s['i2t_recall_random_at_10'])} |"]
+    for e in s.get("label_efficiency") or []:
+        for side, row in (("img", "img_only"), ("txt", "txt_only")):
+            lines.append(f"| {row} fine-tuned on {e['rows']:.0f} labelled rows ({e['percent']:g}%) | "
+                         f"{f(e[f'pretrained_{side}'])} ± {f(e[f'pretrained_{side}_sd'])} | random init "
+                         f"{f(e[f'scratch_{side}'])} ± {f(e[f'scratch_{side}_sd'])} |")
     return "\n".join(lines)

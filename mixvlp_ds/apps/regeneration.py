@@ -145,3 +145,39 @@ def reference_table(rows: dict) -> str:
         better = "-" if name == "model" else f"{100 * r['model_better_share']:.0f}%"
         lines.append(f"| {name} | {r['mse']:.1f} | {r['psnr']:.2f} | {r['ssim']:.4f} | {better} |")
     return "\n".join(lines)
+
+
+def eval_regen(checkpoint: str, shards: str, split: str, out: Path, num_images: int = 64, grids: int = 8,
+               batch_size: int = 16, seed: int = 0) -> dict:
+    """Regeneration metrics of one pre-trained model over the first `num_images` images of a split,
+    beside the two references (with_references) on the same images and masks: the model's
+    numbers at the top level, the comparison in "rows" (with the images' keys)."""
+    import tempfile
+
+    from mixvlp_ds.apps.rows import fetch_model_dir
+    from mixvlp_ds.data.reader import iter_samples
+    from mixvlp_ds.model import MixVLP
+
+    with tempfile.TemporaryDirectory() as cache:
+        model = MixVLP.from_pretrained(fetch_model_dir(checkpoint, Path(cache))).eval()
+    if model.cfg.fusion == "unit":
+        raise ValueError("regeneration of UNIT needs reports too; evaluate a UWOX / AIAYN-image model")
+    size = model.cfg.image_size
+    pyramids, keys = [], []
+    for s in iter_samples(shards, split, image_size=size):
+        if s["pyramid"] is not None:
+            pyramids.append(s["pyramid"])
+            keys.append(s["key"])
+            if len(pyramids) >= num_images:
+                break
+    if not pyramids:
+        raise ValueError(f"{shards}: split {split!r} has no images")
+    both = with_references(model, pyramids, seed, batch_size)
+    orig, regen = both["images"]["original"], both["images"]["model"]
+    res = dict(both["rows"]["model"])
+    name = f"{'ms' if model.cfg.multiscale else 'ss'}_B{model.cfg.block_size}"
+    res.update(variant=name, patches=model.cfg.num_patches, checkpoint=checkpoint, image_size=size,
+               block_size=model.cfg.block_size, keys=keys, rows=both["rows"], images=both["images"])
+    res["grids"] = [str(save_grid(orig[k], regen[k], out / "grids" / name / f"{k:03d}.png"))
+                    for k in range(min(grids, len(orig)))]
+    return res

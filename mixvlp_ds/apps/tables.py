@@ -27,9 +27,13 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
 
 
 def table1(results: dict[str, dict], names: Sequence[str]) -> str:
-    """results: {row name: {"mean_auc": x, "auc": {finding: x | None}}}."""
-    rows = [[row, r["mean_auc"], *[r["auc"].get(n) for n in names]] for row, r in results.items()]
-    return markdown_table(["row", "mean AUC", *names], rows)
+    """results: {row name: {"mean_auc": x, "auc": {finding: x | None}, "ci": [lo, hi] (optional: the
+    bootstrap 95% interval of the mean over evaluation rows)}}."""
+    def mean(r):
+        lo, hi = r.get("ci") or (None, None)
+        return fmt(r["mean_auc"]) + (f" [{fmt(lo)}, {fmt(hi)}]" if lo is not None else "")
+    rows = [[row, mean(r), *[r["auc"].get(n) for n in names]] for row, r in results.items()]
+    return markdown_table(["row", "mean AUC [95% CI]", *names], rows)
 
 
 def table2(cells: dict[str, dict[str, float | None]], fractions: Sequence[float]) -> str:
@@ -43,7 +47,11 @@ def table3(results: dict[str, dict], ks: Sequence[int] = (1, 5, 10, 50)) -> str:
     """results: {query kind: {"p_at_k": {K: x}}} (K keys may be int or str, from JSON)."""
     def get(p, k):
         return p.get(k, p.get(str(k)))
-    rows = [[q, *[get(r["p_at_k"], k) for k in ks]] for q, r in results.items()]
+    rows = []
+    for q, r in results.items():
+        rows.append([q, *[get(r["p_at_k"], k) for k in ks]])
+        if r.get("random_codes"):   # what codes that learnt nothing score on the same rows
+            rows.append([f"{q}: random codes", *[get(r["random_codes"], k) for k in ks]])
     return markdown_table(["query", *[f"P@{k}" for k in ks]], rows)
 
 

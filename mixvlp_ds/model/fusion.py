@@ -1,4 +1,4 @@
-"""Image-text fusion after the shared encoder (sec. 3.2, eqs. 3-9), read as METHOD.md pins it.
+"""Image-text fusion after the shared encoder (sec. 3.2, eqs. 3-9), read as docs/method.md pins it.
 
 UNIT  (Fig. 3b): one block SAM_unit used both ways, queries from one modality and keys/values
       from the other: F_txt = Attn(q=E_txt, kv=E_img), F_img = Attn(q=E_img, kv=E_txt).
@@ -79,12 +79,26 @@ class PairMatchingHead(nn.Module):
         forward(e_txt[j], txt_mask[j], e_img[i]). Linearity does it without B^2 CoMats:
             W_co [CoF_txt ; CoF_img] = sum_u w_u e_u . mean(E_txt) + sum_v w_v e_v . mean(E_img)
         """
-        u = e_img.shape[1]
-        real = txt_mask.to(e_txt.dtype)                                         # (Bt, V)
-        w = self.linear.weight[0]
-        w_img, w_txt = w[:u], w[u:u + e_txt.shape[1]]
-        mean_img = e_img.mean(dim=1)                                            # (Bi, C)
-        mean_txt = (e_txt * real[:, :, None]).sum(dim=1) / real.sum(dim=1, keepdim=True)  # (Bt, C)
+        return self.score(self.image_summary(e_img), self.text_summary(e_txt, txt_mask))
+
+    def image_summary(self, e_img: torch.Tensor) -> torch.Tensor:
+        """What the head needs of each image, (B_img, 2, C): [sum_u w_u e_u ; mean_u e_u]. Scoring
+        many images against many reports (zero-shot, retrieval) keeps these, not E_img itself."""
+        w_img = self.linear.weight[0, :e_img.shape[1]]
         img_w = torch.einsum("buc,u->bc", e_img, w_img)                          # (Bi, C)
+        return torch.stack([img_w, e_img.mean(dim=1)], dim=1)
+
+    def text_summary(self, e_txt: torch.Tensor, txt_mask: torch.Tensor) -> torch.Tensor:
+        """What the head needs of each report, (B_txt, 2, C): [mean of real words ; sum_v w_v e_v]."""
+        u = self.linear.weight.shape[1] - self.max_text_len
+        real = txt_mask.to(e_txt.dtype)                                         # (Bt, V)
+        w_txt = self.linear.weight[0, u:u + e_txt.shape[1]]
+        mean_txt = (e_txt * real[:, :, None]).sum(dim=1) / real.sum(dim=1, keepdim=True)  # (Bt, C)
         txt_w = torch.einsum("bvc,bv->bc", e_txt, real * w_txt)                  # (Bt, C)
+        return torch.stack([mean_txt, txt_w], dim=1)
+
+    def score(self, image_summary: torch.Tensor, text_summary: torch.Tensor) -> torch.Tensor:
+        """(B_img, 2, C) x (B_txt, 2, C) -> logits (B_img, B_txt)."""
+        img_w, mean_img = image_summary[:, 0], image_summary[:, 1]
+        mean_txt, txt_w = text_summary[:, 0], text_summary[:, 1]
         return (img_w @ mean_txt.T + mean_img @ txt_w.T) * self.scale + self.linear.bias

@@ -24,13 +24,13 @@ from functools import partial
 from itertools import islice
 from pathlib import Path
 
+from mixvlp_ds import stage_progress
+from mixvlp_ds.labels import is_label_space, label_names
 from mixvlp_ds.shard.format import (
     DEFAULT_IMAGE_SIZE,
     META_FIELDS,
     SPLITS,
     image_field,
-    is_label_space,
-    label_names,
     label_values,
     level_sizes,
 )
@@ -253,7 +253,7 @@ def write_dataset(source, out_dir: str | Path, opts: ShardOptions | None = None)
                  institution=institution)
     total = len(source) if hasattr(source, "__len__") else None
     try:
-        with worker_pool(opts.workers) as pool, _progress(opts.progress) as bar:
+        with worker_pool(opts.workers) as pool, _progress(opts.progress) as bar, stage_progress.part():
             task = bar.add_task(f"shard {source.name}", total=total, status="") if bar else None
             window = max(8, 2 * opts.workers)
             items = _unique_keys(source.items(rejects), rejects)
@@ -271,8 +271,11 @@ def write_dataset(source, out_dir: str | Path, opts: ShardOptions | None = None)
                 else:
                     _, reason, file, key, detail = res
                     rejects.reject(reason, file, key, detail)
-                if bar is not None and n % 16 == 0:
-                    _show(bar, task, n, counts, rejects)
+                if n % 16 == 0:
+                    if bar is not None:
+                        _show(bar, task, n, counts, rejects)
+                    known = total or getattr(source, "num", 0)   # a synthetic source: how many it draws
+                    stage_progress.report(n, known, f"{source.name}: {n}/{known or '?'} records")
             if bar is not None:
                 _show(bar, task, sum(c["samples"] for c in counts.values()) + rejects.total, counts, rejects)
         split_files = {}

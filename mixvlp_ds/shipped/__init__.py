@@ -13,7 +13,7 @@ from __future__ import annotations
 from importlib.resources import files
 from pathlib import Path
 
-SUFFIX = {"configs": ".yaml", "ds_configs": ".json"}
+SUFFIX = {"configs": ".yaml", "ds_configs": ".json", "prompts": ".yaml"}
 
 
 def folder(kind: str) -> Path:

@@ -8,7 +8,7 @@ import pytest
 
 from mixvlp_ds import evaluate
 from mixvlp_ds.apps import finetune
-from mixvlp_ds.shard.format import CHEXPERT14
+from mixvlp_ds.labels import CHEXPERT14
 
 
 def test_cls_from_checkpoint_then_evaluate_alone(apps_assets, tmp_path):
@@ -23,7 +23,10 @@ def test_cls_from_checkpoint_then_evaluate_alone(apps_assets, tmp_path):
         vals = [v for v in row["auc"].values() if v is not None]
         assert vals and all(0.0 <= v <= 1.0 for v in vals)
         assert row["n_eval"] == 28    # the test split of the fixture
-    assert (out / "results.md").read_text().startswith("| row | mean AUC |")
+        lo, hi = row["ci"]                # the bootstrap interval of the mean, in the table too
+        assert lo <= row["mean_auc"] <= hi
+        assert f"{row['mean_auc']:.3f} [{lo:.3f}, {hi:.3f}]" in (out / "results.md").read_text()
+    assert (out / "results.md").read_text().startswith("| row | mean AUC [95% CI] |")
     assert (out / "roc_img_only.png").stat().st_size > 1000
     # Evaluation alone reproduces the fine-tuning run's numbers from the saved weights.
     ev = evaluate.main(["--task", "cls", "--model", str(out / "models" / "txt_only"), "--shards",
@@ -56,6 +59,10 @@ def test_retrieval_from_scratch_and_evaluate(apps_assets, tmp_path):
     ev = evaluate.main(["--task", "retrieval", "--model", str(out / "models" / "text"), "--shards",
                         apps_assets["shards"], "--out", str(tmp_path / "ev")])
     assert ev["results"]["text"]["p_at_k"] == res["text"]["p_at_k"]
+    # the reference is printed beside each query: random codes on the same rows
+    table = (out / "results.md").read_text()
+    assert "| text: random codes |" in table and "| image+text: random codes |" in table
+    assert "| text: random codes |" in (tmp_path / "ev" / "results.md").read_text()
 
 
 def test_regeneration_table_and_grids(apps_assets, tmp_path):
