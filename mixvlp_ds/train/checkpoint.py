@@ -112,6 +112,9 @@ class CheckpointManager:
         """Collective: every rank calls it at the same step. Returns the tag."""
         info, t, step = self.info, self.run.train, trainer.state.step
         tag, root, uploader = tag_for(step), self.root, self.uploader
+        # the final checkpoint's upload_timeout counts from now, the wait for a pending upload
+        # included: a run whose S3 stopped answering exits within upload_timeout of its last step
+        final_deadline = time.time() + t.upload_timeout if step == t.steps else None
         upload = uploader is not None
         if uploader is not None:
             check_fenced(uploader, info.device)  # a newer attempt owns the prefix: stop here, on every rank
@@ -150,7 +153,7 @@ class CheckpointManager:
             protect = {tag_for(int(oldest))} if oldest != float("inf") else set()
             prune_local(root, t.keep_last, protect)
         if upload:
-            uploader.submit(tag, {"world_size": info.world_size})
+            uploader.submit(tag, {"world_size": info.world_size}, deadline=final_deadline)
         return tag
 
     def elastic(self, engine) -> bool:

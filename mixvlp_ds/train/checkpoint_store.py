@@ -339,12 +339,13 @@ class CheckpointUploader:
             self._thread, self.pending_tag = None, None
         return True
 
-    def submit(self, tag: str, meta: dict | None = None) -> None:
-        """Start uploading `tag` (already saved locally by every rank) in the background."""
+    def submit(self, tag: str, meta: dict | None = None, deadline: float | None = None) -> None:
+        """Start uploading `tag` (already saved locally by every rank) in the background, by
+        `deadline` (time.time() seconds; default upload_timeout from now)."""
         if self.busy():
             raise RuntimeError(f"upload of {self.pending_tag} still pending (callers wait or skip first)")
         self.pending_tag = tag
-        self._thread = threading.Thread(target=self._run, args=(tag, dict(meta or {})),
+        self._thread = threading.Thread(target=self._run, args=(tag, dict(meta or {}), deadline),
                                         name=f"ckpt-upload-{tag}", daemon=True)
         self._thread.start()
 
@@ -375,9 +376,9 @@ class CheckpointUploader:
         except Exception as e:  # noqa: BLE001 - one message that says where and what
             raise PreflightError(f"S3 preflight for {self.uri} failed on rank {self.rank}: {e}") from e
 
-    def _run(self, tag: str, meta: dict) -> None:
+    def _run(self, tag: str, meta: dict, deadline: float | None = None) -> None:
         try:
-            self._upload(tag, meta)
+            self._upload(tag, meta, deadline)
         except FencedError as e:
             self.fenced = str(e)
             self._report(f"{tag} NOT committed: {e}")
@@ -386,8 +387,8 @@ class CheckpointUploader:
                 self.fenced = str(e.__cause__)
             self._report(f"{tag} NOT committed: {e}")
 
-    def _upload(self, tag: str, meta: dict) -> None:
-        deadline = time.time() + self.upload_timeout
+    def _upload(self, tag: str, meta: dict, deadline: float | None = None) -> None:
+        deadline = deadline or time.time() + self.upload_timeout
         tag_dir = self.root / tag
         mine = [p for p in list_files(tag_dir) if owner_rank(p) == self.rank]
         entries = self._describe(tag_dir, mine)

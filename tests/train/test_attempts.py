@@ -117,8 +117,11 @@ def test_losing_s3_before_the_final_checkpoint_exits_non_zero_with_a_summary(tra
     finally:
         s3_server.restore()
     assert code != 0, text[-3000:]
-    # intermediate checkpoints may be skipped while S3 is down (upload_busy=skip), the final one never
-    assert "step_00000040 is saved locally but NOT uploaded (train.upload_busy=skip)" in text
+    # an intermediate checkpoint is skipped while an upload is pending (upload_busy=skip), or, when step
+    # 20's upload already gave up at its 8 s deadline (a slow machine), tried and not committed; the
+    # final one is never skipped
+    assert ("step_00000040 is saved locally but NOT uploaded (train.upload_busy=skip)" in text
+            or "step_00000040 NOT committed" in text), text[-3000:]
     assert "step_00000060 NOT committed" in text
     assert "error: the final checkpoint step_00000060 is saved locally in" in text
     assert "NOT committed to s3://lost/r" in text and "latest = " in text

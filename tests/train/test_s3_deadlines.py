@@ -7,8 +7,8 @@ run ends with one clear error and a non-zero exit status.
   - the preflight against a frozen server gives up within its timeout + a few seconds, in process
     and through the launcher;
   - a run whose S3 freezes after its first commit exits non-zero within train.upload_timeout + 30 s
-    of its final upload's start (and of its last step, but for the wait for the upload still
-    pending then, which keeps its own deadline: upload_busy=wait).
+    of its last step (the final checkpoint's deadline counts from the step it is saved at, the wait
+    for the upload still pending then included).
 """
 
 from __future__ import annotations
@@ -218,10 +218,9 @@ def test_a_run_whose_s3_freezes_after_its_first_commit_exits_within_the_upload_t
     assert code != 0, text[-3000:]
     print(f"exited {end - last_step:.1f} s after its last step, {end - final_upload:.1f} s after the final "
           f"upload started")
-    # the final upload keeps train.upload_timeout; before it, the upload still pending at the last step
-    # (step 15's, upload_busy=wait) is waited for, which keeps ITS deadline: at most one more timeout
-    assert end - final_upload < 20 + 30, (end - final_upload, text[-3000:])
-    assert end - last_step < 2 * 20 + 30, (end - last_step, text[-3000:])
+    # the final checkpoint's train.upload_timeout counts from its step, the wait for the upload still
+    # pending then (step 15's, upload_busy=wait) included
+    assert end - last_step < 20 + 30, (end - last_step, text[-3000:])
     assert "NoneType" not in text and "Traceback" not in rank_output(text), text[-3000:]
     assert "error: the final checkpoint step_00000020 is saved locally" in text, text[-3000:]
     assert "S3 did not answer" in text
