@@ -31,7 +31,9 @@ from mixvlp_ds.shard.pyramid import encode_png, make_pyramid
 from mixvlp_ds.shard.source import SourceItem
 
 REPO = Path(__file__).resolve().parents[1]
-REAL = REPO.parent / "shared" / "data" / "nih_cxr14" / "images_original"
+# real 1024 px NIH PNGs where `python scripts/fetch_test_data.py` put them ($MIXVLP_TEST_DATA or
+# data/real/), else generated images of the same size
+REAL = Path(os.environ.get("MIXVLP_TEST_DATA") or REPO / "data" / "real") / "nih_cxr14" / "images_original"
 TARGET = 40.0
 
 
