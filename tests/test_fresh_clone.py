@@ -28,6 +28,8 @@ PLAIN = ["tests/shard/test_images.py::test_8bit_png_is_exact_and_sha1_is_of_the_
 @pytest.fixture(scope="module")
 def clone(tmp_path_factory) -> Path:
     if shutil.which("git") is None or not (REPO / ".git").exists():
+        if os.environ.get("CI", "").lower() == "true":   # CI runs in a clone: never green by skipping
+            pytest.fail("needs git and a git checkout")
         pytest.skip("needs git and a git checkout")
     listed = subprocess.run(["git", "ls-files", "-z", "-co", "--exclude-standard"], cwd=REPO,
                             capture_output=True, check=True).stdout.decode().split("\0")
