@@ -1,6 +1,6 @@
 """A program's main() as an exit status: 0 done; 2 a configuration or input error, reported as
 one `error: ...` line; 1 anything else, with its traceback. Used by every program's
-`if __name__ == "__main__"` and by the console scripts (mixvlp_ds.cli)."""
+`if __name__ == "__main__"` and by the console scripts (mixvlp_ds.programs)."""
 
 from __future__ import annotations
 

@@ -101,8 +101,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("data", ("mixvlp_ds.data",)),
     ("train", ("mixvlp_ds.train",)),
     ("apps", ("mixvlp_ds.apps",)),
-    ("programs", ("mixvlp_ds.evaluate", "mixvlp_ds.sweep", "mixvlp_ds.quickstart", "mixvlp_ds.cli",
-                  "mixvlp_ds.tokenizer")),
+    ("programs", ("mixvlp_ds.programs",)),
 )
 RANK = {name: i for i, (name, _) in enumerate(LAYERS)}
 

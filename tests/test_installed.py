@@ -73,7 +73,7 @@ def test_wheel_installs_and_runs_from_any_directory(tmp_path):
         assert (bin_ / f"mixvlp-{script}").is_file(), script
     # the main job at a tenth of its size, then pre-training through the console script with the
     # shipped run config and the shipped bf16 DeepSpeed config, both named as a user types them
-    out = sh([str(py), "-m", "mixvlp_ds.quickstart", "--scale", "0.05", "--steps", "20", "--out", "qs"],
+    out = sh([str(py), "-m", "mixvlp_ds", "quickstart", "--scale", "0.05", "--steps", "20", "--out", "qs"],
              cwd=work)
     assert "| img_only |" in out and (work / "qs" / "pretrain" / "model" / "config.json").is_file()
     out = sh([str(bin_ / "mixvlp-pretrain"), "--config", "configs/tiny_cpu.yaml", "--deepspeed_config",

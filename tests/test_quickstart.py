@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from mixvlp_ds.quickstart import main
+from mixvlp_ds.programs.quickstart import main
 
 
 @pytest.fixture
@@ -66,7 +66,7 @@ def test_quickstart_runs_every_stage_and_skips_them_on_rerun(tmp_path, capsys, e
 
 
 def test_shards_of_other_records_are_refused_not_reused(tmp_path):
-    from mixvlp_ds.quickstart import write_shards
+    from mixvlp_ds.programs.quickstart import write_shards
 
     root = tmp_path / "shards"
     write_shards(root, workers=1, scale=0.01)
@@ -79,7 +79,7 @@ def test_shards_of_other_records_are_refused_not_reused(tmp_path):
 
 def test_long_is_the_documented_budget(tmp_path, monkeypatch, environ_restored):
     """--long: its own folders, qs.LONG's mimic-like records, steps and L_co weight."""
-    import mixvlp_ds.quickstart as qs
+    import mixvlp_ds.programs.quickstart as qs
     import mixvlp_ds.train.pretrain as pretrain
 
     seen = {}

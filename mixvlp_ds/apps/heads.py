@@ -1,6 +1,6 @@
 """One fine-tuned head at a time, each on a fresh copy of the encoder: a classification probe (GAP +
 linear, BCE; AUC per finding) or a hash head (64-bit codes, Cauchy hashing loss; P@K). Each writes
-its model directory (the encoder, the head's weights, head.json for `mixvlp_ds.evaluate`) and
+its model directory (the encoder, the head's weights, head.json for `python -m mixvlp_ds evaluate`) and
 returns its results."""
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ HEAD_INFO = "head.json"
 
 
 def write_head_info(d: Path, **info) -> None:
-    """What `python -m mixvlp_ds.evaluate` needs to rebuild the head: kind, side, label space, policy,
+    """What `python -m mixvlp_ds evaluate` needs to rebuild the head: kind, side, label space, policy,
     image pooling (absent in older runs = mean)."""
     (d / HEAD_INFO).write_text(json.dumps(info, indent=2))
 

@@ -18,7 +18,7 @@ evaluates again; `--fresh` redoes everything):
 4. pre-training: `mixvlp_ds.train.pretrain.pretrain_once` on `configs/nih_regen_pretrain.yaml`,
    its sources pointed at the shards by overrides (the command is in summary.json);
 5. evaluation on the held-out split: the model row is `mixvlp_ds.apps.regeneration.eval_regen` (the
-   code of `python -m mixvlp_ds.evaluate --task regen`), beside two references that need no training,
+   code of `python -m mixvlp_ds evaluate --task regen`), beside two references that need no training,
    scored on the same images with the same masks:
    - `coarse level upsampled`: the half-resolution level of the pyramid, bilinearly upsampled. The
      multi-scale model sees this level intact while regenerating (only the finest level is

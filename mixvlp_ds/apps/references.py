@@ -4,7 +4,7 @@
     auc = tfidf_mean_auc(train_texts, y_train, test_texts, y_test)   # bag of words + logistic regression
     p1 = random_codes_p_at_1(labels)                         # 64 random bits per row
 
-The main job (mixvlp_ds.quickstart) prints each of its results beside these, and the regeneration
+The main job (`python -m mixvlp_ds quickstart`) prints each of its results beside these, and the regeneration
 references (neighbour mean, upsampled coarse level) of apps/regeneration.py.
 """
 

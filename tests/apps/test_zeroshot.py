@@ -1,6 +1,6 @@
 """Zero-shot classification and image <-> report retrieval through the pair head: the batched scores
 equal the head on each pair, the prompt files and their errors, retrieval metrics on known matrices,
-and `python -m mixvlp_ds.evaluate --task zeroshot | report_retrieval` end to end."""
+and `python -m mixvlp_ds evaluate --task zeroshot | report_retrieval` end to end."""
 
 from __future__ import annotations
 
@@ -89,7 +89,7 @@ def test_a_unit_model_says_it_has_no_pair_head(apps_assets):
 
 
 def test_an_empty_split_or_folder_is_a_clear_error(apps_assets, tmp_path):
-    from mixvlp_ds.evaluate import main
+    from mixvlp_ds.programs.evaluate import main
 
     with pytest.raises(ValueError, match="no split 'val'"):
         zs.load_rows(apps_assets["shards"], "val")
@@ -124,7 +124,7 @@ def test_retrieval_metrics_on_a_hand_made_matrix():
 
 
 def test_evaluate_zeroshot_and_report_retrieval_end_to_end(apps_assets, tmp_path):
-    from mixvlp_ds.evaluate import main
+    from mixvlp_ds.programs.evaluate import main
 
     out = tmp_path / "zs"
     summary = main(["--task", "zeroshot", "--model", apps_assets["model"], "--random-init",
@@ -153,7 +153,7 @@ def test_custom_label_space_with_a_prompt_file_runs_through(apps_assets, tmp_pat
 
     from PIL import Image
 
-    from mixvlp_ds.evaluate import main
+    from mixvlp_ds.programs.evaluate import main
     from mixvlp_ds.shard.__main__ import main as shard_main
 
     rng = np.random.default_rng(0)

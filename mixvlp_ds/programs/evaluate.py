@@ -1,12 +1,12 @@
 """Evaluation alone: classification, retrieval or regeneration on one split of a shard folder.
 
-    python -m mixvlp_ds.evaluate --task cls --model runs/ft/models/img_only --shards shards/openi-like
-    python -m mixvlp_ds.evaluate --task retrieval --model runs/ft/models/text --shards shards/openi-like
-    python -m mixvlp_ds.evaluate --task regen --checkpoint runs/pre_b8/model runs/pre_b16/model \\
+    python -m mixvlp_ds evaluate --task cls --model runs/ft/models/img_only --shards shards/openi-like
+    python -m mixvlp_ds evaluate --task retrieval --model runs/ft/models/text --shards shards/openi-like
+    python -m mixvlp_ds evaluate --task regen --checkpoint runs/pre_b8/model runs/pre_b16/model \\
         --shards shards/nih --split test --num-images 64 --grids 8 --out runs/regen
-    python -m mixvlp_ds.evaluate --task zeroshot --model runs/pre/model --shards shards/openi-like \\
+    python -m mixvlp_ds evaluate --task zeroshot --model runs/pre/model --shards shards/openi-like \\
         [--prompts my_prompts.yaml] [--random-init]
-    python -m mixvlp_ds.evaluate --task report_retrieval --model runs/pre/model --shards shards/openi-like
+    python -m mixvlp_ds evaluate --task report_retrieval --model runs/pre/model --shards shards/openi-like
 
 cls / retrieval take a fine-tuned directory written by launchers/finetune.py (MixVLP weights +
 probe.pt or hash_head.pt + head.json). regen takes one or more pre-trained MixVLP directories
@@ -137,7 +137,7 @@ def eval_pair_task(task: str, models: list[tuple[str, object, object]], shards: 
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(prog="python -m mixvlp_ds.evaluate", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m mixvlp_ds evaluate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", required=True,
                    choices=["cls", "retrieval", "regen", "zeroshot", "report_retrieval"])

@@ -1,7 +1,7 @@
 """The README's main job: the whole story on the embedded synthetic institutions, on a CPU.
 
-    python -m mixvlp_ds.quickstart [--out runs/quickstart] [--shards shards] [--steps 1500] [--seed 0]
-    python -m mixvlp_ds.quickstart --long      # the budget where pair matching reaches 0.75 (~7 min)
+    python -m mixvlp_ds quickstart [--out runs/quickstart] [--shards shards] [--steps 1500] [--seed 0]
+    python -m mixvlp_ds quickstart --long      # the budget where pair matching reaches 0.75 (~7 min)
 
 1. draws three synthetic institutions (mimic-like: paired; nih-like: image-only; openi-like: the
    labelled test institution, half of it for fine-tuning), findings at conspicuity 3, and writes
@@ -105,7 +105,7 @@ def train_tokenizer(shards: Path, out: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m mixvlp_ds.quickstart", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m mixvlp_ds quickstart", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=None, help="run folder (checkpoints, results, plots; default "
                    "runs/quickstart, runs/quickstart-long with --long)")
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--conspicuity", type=float, default=CONSPICUITY,
                    help="scale of the synthetic findings' signatures "
                    "(1: the subtle default of --source synthetic)")
-    budgets = ", ".join(f"{b:g}%" for b in BUDGETS)
+    budgets = ", ".join(f"{b:g}%%" for b in BUDGETS)  # %% : argparse formats help strings
     p.add_argument("--label-efficiency", action="store_true", help="also fine-tune the pre-trained and "
                    f"the random-init model at {budgets} of the labelled rows, three draws each (~5 more "
                    "minutes; on with --long)")
@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> None:
                                       *source_overrides(shards)])
 
     from mixvlp_ds.apps.finetune import main as finetune
-    from mixvlp_ds.evaluate import main as evaluate
+    from mixvlp_ds.programs.evaluate import main as evaluate
 
     results = {}
     for task, init, name in (("cls", model_dir, "cls"), ("retrieval", model_dir, "retrieval"),

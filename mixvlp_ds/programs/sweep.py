@@ -2,7 +2,7 @@
 pre-train (where the scenario has one) + fine-tune + evaluate. Resumable: a cell whose result.json
 exists is skipped, and a cell whose pre-trained model exists skips pre-training.
 
-    python -m mixvlp_ds.sweep --config configs/sweep_tiny.yaml [key=value ...]
+    python -m mixvlp_ds sweep --config configs/sweep_tiny.yaml [key=value ...]
 
 Scenarios (docs/method.md, "Data sampler and scenarios"):
     baseline1  no pre-training: fine-tune from random weights on the P% labelled subset
@@ -248,7 +248,7 @@ def write_outputs(cfg: SweepConfig, results: dict[tuple, dict]) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(prog="python -m mixvlp_ds.sweep", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m mixvlp_ds sweep", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True, help="configs/sweep_*.yaml")
     p.add_argument("overrides", nargs="*", help="key=value, e.g. fractions=[1,10,100]")
