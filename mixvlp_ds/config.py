@@ -123,6 +123,10 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls) if f.init}
     unknown = set(data) - names
+    owned = {k: v for k, v in getattr(cls, "OWNED_ELSEWHERE", {}).items() if k in unknown}  # {key: its owner}
+    if owned:
+        raise ConfigError(f"{where}: " + "; ".join(f"{k} is not a key here: the value is {v}, set it there"
+                                                   for k, v in sorted(owned.items())))
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; known: {sorted(names)}")
     kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()}

@@ -1,7 +1,8 @@
 """Which image patches a pre-training batch masks, and which patch replaces each (sec. 3.1).
 
-15% of the patches of EVERY pyramid level are masked, each replaced by a random patch of the same
-level drawn from any image of the batch (the paper masks by replacement, not by a mask token).
+A share of the patches of EVERY pyramid level is masked (model.image_mask_ratio, which the caller
+passes: this module owns no ratio), each replaced by a random patch of the same level drawn from
+any image of the batch (the paper masks by replacement, not by a mask token).
 The draw happens here, on the host, with the batch's own seeded generator, and travels in the
 batch as two tensors per level; the model only gathers (`mixvlp_ds.model.masking.replace_patches`).
 So the training step has static shapes and no random draw of its own, and a resumed run replays
@@ -24,10 +25,11 @@ import torch
 
 @dataclass(frozen=True)
 class PatchMasking:
-    """What the draw needs of the model: patches per level (finest first) and the mask ratio."""
+    """What the draw needs of the model (its config is the owner of both): patches per level,
+    finest first, and the mask ratio."""
 
-    patches_per_level: tuple[int, ...]
-    ratio: float = 0.15
+    patches_per_level: tuple[int, ...]   # ModelConfig.patches_per_level()
+    ratio: float                         # model.image_mask_ratio
 
 
 def masked_count(num_patches: int, ratio: float) -> int:

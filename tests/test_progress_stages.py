@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mixvlp_ds import stage_progress
-from mixvlp_ds.apps.loop import fit
+from mixvlp_ds.apps.loop import FitOptions, fit
 
 
 def two_heads(epochs: int = 30) -> None:
@@ -16,8 +16,8 @@ def two_heads(epochs: int = 30) -> None:
     x = torch.randn(48, 3)
     for name in stage_progress.over(["cls-img", "cls-txt"]):
         head = torch.nn.Linear(3, 1)
-        fit([head], lambda rows, head=head: head(x[rows]).pow(2).mean(), len(x), epochs=epochs,
-            batch_size=16, lr=1e-2, name=name)
+        fit([head], lambda rows, head=head: head(x[rows]).pow(2).mean(), len(x),
+            FitOptions(epochs=epochs, batch_size=16, lr=1e-2, name=name))
     print(f"[finetune] results: {len(x)} rows")
 
 

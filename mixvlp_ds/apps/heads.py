@@ -6,7 +6,9 @@ returns its results."""
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,20 +25,33 @@ from mixvlp_ds.apps.classification import (
     row_name,
 )
 from mixvlp_ds.apps.hashing import HashHead, cauchy_hashing_loss
-from mixvlp_ds.apps.loop import fit, predict
+from mixvlp_ds.apps.loop import FitOptions, fit, predict
 from mixvlp_ds.apps.references import bootstrap_mean_auc
 from mixvlp_ds.apps.retrieval import KS, QUERY_SIDES, evaluate_codes, random_code_baseline
 from mixvlp_ds.apps.rows import Rows
 
 
-def fresh_copy(model, init_dir: Path | None, seed: int):
-    """A new encoder for each row: the checkpoint again, or the same random init again."""
-    from mixvlp_ds.model import MixVLP
+@dataclass(frozen=True)
+class Start:
+    """Where every head of a fine-tuning run starts: the pre-trained directory, or random weights."""
 
-    if init_dir is not None:
-        return MixVLP.from_pretrained(init_dir)
-    torch.manual_seed(seed)
-    return MixVLP(model.cfg)
+    model: Any                # the run's model (finetune.build_model): its config builds the random init
+    init_dir: Path | None     # the pre-trained MixVLP directory; None = from scratch
+
+    def fresh_copy(self, seed: int):
+        """A new encoder for each row: the checkpoint again, or the same random init again."""
+        from mixvlp_ds.model import MixVLP
+
+        if self.init_dir is not None:
+            return MixVLP.from_pretrained(self.init_dir)
+        torch.manual_seed(seed)
+        return MixVLP(self.model.cfg)
+
+
+def fit_options(cfg, name: str, min_batch: int = 1) -> FitOptions:
+    """The FinetuneConfig's training knobs for one head."""
+    return FitOptions(epochs=cfg.epochs, batch_size=max(cfg.batch_size, min_batch), lr=cfg.lr,
+                      weight_decay=cfg.weight_decay, seed=cfg.seed, name=name)
 
 
 HEAD_INFO = "head.json"
@@ -53,9 +68,13 @@ def make_pool(m, side: str, kind: str, level: int):
     return None if side == "txt" else image_pool(m, kind, level)
 
 
-def fit_cls_head(cfg, model, init_dir, tr: Rows, ev: Rows, side: str, names, out: Path) -> dict:
-    """Classification on `side` (img | txt): `cfg` is the FinetuneConfig (epochs, lr, pooling, ...)."""
-    m = fresh_copy(model, init_dir, cfg.seed)
+def fit_cls_head(cfg, start: Start, tr: Rows, ev: Rows, side: str, out: Path) -> dict:
+    """Classification on `side` (img | txt): `cfg` is the FinetuneConfig (epochs, lr, pooling, ...);
+    one output per finding of the rows' label space."""
+    from mixvlp_ds.labels import label_names
+
+    names = label_names(tr.space)
+    m = start.fresh_copy(cfg.seed)
     pool = make_pool(m, side, cfg.pool, cfg.pool_level)
     probe = LinearProbe(feature_dim(m, side, pool), len(names), pool)
     y_tr = apply_label_policy(torch.from_numpy(tr.labels), cfg.uncertain)
@@ -63,8 +82,7 @@ def fit_cls_head(cfg, model, init_dir, tr: Rows, ev: Rows, side: str, names, out
     def loss(rows):
         return masked_bce(probe(pooled_features(m, tr.batch(rows), side, pool)), y_tr[rows])
 
-    stats = fit([m, probe], loss, len(tr), epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
-                weight_decay=cfg.weight_decay, seed=cfg.seed, name=f"cls-{side}")
+    stats = fit([m, probe], loss, len(tr), fit_options(cfg, f"cls-{side}"))
     scores = predict(lambda rows: probe(pooled_features(m, ev.batch(rows), side, pool)), len(ev),
                      cfg.batch_size)
     y_ev = apply_label_policy(ev.labels, cfg.uncertain)
@@ -83,10 +101,10 @@ def fit_cls_head(cfg, model, init_dir, tr: Rows, ev: Rows, side: str, names, out
             "train": {k: stats[k] for k in ("steps", "seconds", "last_loss")}, "model_dir": str(d)}
 
 
-def fit_hash_head(cfg, model, init_dir, tr: Rows, ev: Rows, query: str, out: Path) -> dict:
+def fit_hash_head(cfg, start: Start, tr: Rows, ev: Rows, query: str, out: Path) -> dict:
     """Hash retrieval for one query kind (image | text | image+text), same `cfg`."""
     side = QUERY_SIDES[query]
-    m = fresh_copy(model, init_dir, cfg.seed)
+    m = start.fresh_copy(cfg.seed)
     pool = make_pool(m, side, cfg.pool, cfg.pool_level)
     head = HashHead(feature_dim(m, side, pool), cfg.bits, pool)
     y_tr = torch.from_numpy(binary_labels(tr.labels, cfg.uncertain))
@@ -95,8 +113,7 @@ def fit_hash_head(cfg, model, init_dir, tr: Rows, ev: Rows, query: str, out: Pat
         h = head(pooled_features(m, tr.batch(rows), side, pool))
         return cauchy_hashing_loss(h, y_tr[rows], cfg.gamma, cfg.quant_weight)["loss"]
 
-    stats = fit([m, head], loss, len(tr), epochs=cfg.epochs, batch_size=max(cfg.batch_size, 2), lr=cfg.lr,
-                weight_decay=cfg.weight_decay, seed=cfg.seed, name=f"hash-{query}")
+    stats = fit([m, head], loss, len(tr), fit_options(cfg, f"hash-{query}", min_batch=2))
     codes = predict(lambda rows: head(pooled_features(m, ev.batch(rows), side, pool)), len(ev),
                     cfg.batch_size)
     y_ev = binary_labels(ev.labels, cfg.uncertain)

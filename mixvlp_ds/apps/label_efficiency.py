@@ -1,17 +1,20 @@
 """How many labels pre-training saves: fine-tune the pre-trained model and the same architecture
 from random weights at several labelled budgets, and put the two curves side by side.
 
-    res = label_efficiency(finetune_config, model_dir, out, budgets=(5, 20, 100), subsets=3, seed=0)
+    cfg = load_config(FinetuneConfig, "configs/finetune_tiny.yaml", ["seed=0"])   # any overrides
+    res = label_efficiency(cfg, model_dir, out, budgets=(5, 20, 100), subsets=3)
     print(efficiency_table(res))            # rows per budget, mean ± sd over subsets, both sides
 
 A budget P is the P% patient subset of the fine-tuning rows (`data.subset`, the one the sweep and
 fine-tuning use). Below 100% each of the `subsets` draws is another patient subset; at 100% there is
-one subset, so the draws are fine-tuning seeds instead. Every run is launchers/finetune.py's `cls`
-task with the given config; the AUC is its test mean over findings (img_only and txt_only rows).
+one subset, so the draws are fine-tuning seeds instead (from the config's `seed` up). Every run is
+launchers/finetune.py's `cls` task with the given config; the AUC is its test mean over findings
+(img_only and txt_only rows).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -22,31 +25,27 @@ from mixvlp_ds import stage_progress
 SIDES = {"img": "img_only", "txt": "txt_only"}
 
 
-def _one_run(config: Path, init: str, tokenizer: str, out: Path, percent: float, subset_seed: int,
-             seed: int, overrides: list[str]) -> dict:
-    """Mean test AUC per side and training rows of one fine-tuning (skipped when its results exist)."""
-    from mixvlp_ds.apps.finetune import FinetuneConfig, run
-    from mixvlp_ds.config import load_config
+def _one_run(cfg) -> dict:
+    """Mean test AUC per side and training rows of one fine-tuning, the FinetuneConfig `cfg`
+    (skipped when its results exist)."""
+    from mixvlp_ds.apps.finetune import run
 
+    out = Path(cfg.output_dir)
     with stage_progress.part():   # one run: the next unit of a running stage's progress bar
         if not (out / "results.json").is_file():
-            overrides = [*overrides, f"percent={percent:g}", f"subset_seed={subset_seed}", f"seed={seed}",
-                         f"output_dir={out}", "plots=false"]
-            overrides += [f"tokenizer={tokenizer}"] if not init else []
-            cfg = load_config(FinetuneConfig, str(config), overrides)
-            cfg.init = init
             run(cfg)
     res = json.loads((out / "results.json").read_text())["results"]
     return {side: (res[row]["mean_auc"], res[row]["n_train"]) for side, row in SIDES.items() if row in res}
 
 
-def label_efficiency(config: Path, model_dir: Path, out: Path, budgets=(5.0, 20.0, 100.0), subsets: int = 3,
-                     seed: int = 0, reuse: dict[str, Path] | None = None,
-                     overrides: list[str] | None = None) -> list[dict]:
+def label_efficiency(cfg, model_dir: Path, out: Path, budgets=(5.0, 20.0, 100.0), subsets: int = 3,
+                     reuse: dict[str, Path] | None = None) -> list[dict]:
     """One entry per budget: {rows, percent, pretrained_img, pretrained_img_sd, scratch_img, ...}.
-    `reuse`: {"pretrained" | "scratch": a finished fine-tuning folder of this config at 100%, subset
-    0 and `seed`} stands in for that run. `overrides`: key=value changes to the fine-tuning config."""
+    `cfg`: the FinetuneConfig every run starts from (its `seed`: the first draw's). `reuse`:
+    {"pretrained" | "scratch": a finished fine-tuning folder of this config at 100%, subset 0 and
+    `cfg.seed`} stands in for that run."""
     inits = {"pretrained": str(model_dir), "scratch": ""}
+    seed = cfg.seed
     table = []
     for p in budgets:
         draws: dict[str, list[dict]] = {}
@@ -56,9 +55,10 @@ def label_efficiency(config: Path, model_dir: Path, out: Path, budgets=(5.0, 20.
                 d = out / name / f"P{p:g}" / f"draw{k}"
                 if p >= 100 and k == 0 and reuse and name in reuse:
                     d = reuse[name]
-                draws.setdefault(name, []).append(
-                    _one_run(config, init, str(model_dir / "tokenizer"), d, p, subset_seed, run_seed,
-                             list(overrides or [])))
+                tokenizer = cfg.tokenizer if init else str(model_dir / "tokenizer")
+                draws.setdefault(name, []).append(_one_run(dataclasses.replace(
+                    cfg, init=init, tokenizer=tokenizer, percent=float(p), subset_seed=subset_seed,
+                    seed=run_seed, output_dir=str(d), plots=False)))
         entry: dict = {"percent": p}
         rows = [r["img"][1] for r in draws["pretrained"] if "img" in r]
         entry["rows"] = float(np.mean(rows)) if rows else None

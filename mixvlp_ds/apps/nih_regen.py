@@ -34,6 +34,7 @@ neighbour mean | |model error|` (`<out>/grids/compare/NNN.png`).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -44,7 +45,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mixvlp_ds.apps.regeneration import eval_regen, reference_table
+from mixvlp_ds.apps.regeneration import RegenOptions, eval_regen, reference_table
 from mixvlp_ds.shipped import folder
 
 DEFAULT_CONFIG = folder("configs") / "nih_regen_pretrain.yaml"
@@ -142,11 +143,12 @@ def pretrain(config: Path, out: Path, shards: dict, tokenizer: str, overrides: l
                          log=lambda m: print(f"[nih_regen] {m}", flush=True))
 
 
-def evaluate(model_dir: Path, nih_shards: str, split: str, out: Path, num_images: int, grids: int,
-             seed: int = 0, batch_size: int = 16) -> dict:
+def evaluate(model_dir: Path, nih_shards: str, split: str, out: Path, opts: RegenOptions) -> dict:
     """The model beside the two references on the same held-out images and masks (eval_regen), and
-    the comparison grids."""
-    res = eval_regen(str(model_dir), nih_shards, split, out, num_images or 10**9, grids, batch_size, seed)
+    the comparison grids. `opts.num_images` 0 = every image of the split."""
+    res = eval_regen(str(model_dir), nih_shards, split, out,
+                     dataclasses.replace(opts, num_images=opts.num_images or 10**9))
+    grids = opts.grids
     arr = res.pop("images")
     err = np.abs(arr["original"].astype(np.int16) - arr["model"].astype(np.int16)).astype(np.uint8)
     compare = [str(compare_grid([arr["original"][k], arr["model"][k], arr["coarse"][k],
@@ -194,8 +196,8 @@ def main(argv: list[str] | None = None) -> dict:
     timings["shards_s"], t1 = time.perf_counter() - t0, time.perf_counter()
     model_dir, pretrain_cmd = pretrain(args.config, args.out, shards, tokenizer, args.overrides)
     timings["pretrain_s"], t2 = time.perf_counter() - t1, time.perf_counter()
-    res = evaluate(model_dir, shards["nih"]["dir"], args.split, args.out, args.num_images, args.grids,
-                   args.seed)
+    res = evaluate(model_dir, shards["nih"]["dir"], args.split, args.out,
+                   RegenOptions(num_images=args.num_images, grids=args.grids, seed=args.seed))
     timings["evaluate_s"] = time.perf_counter() - t2
     from mixvlp_ds.train.metrics import read_metrics
 

@@ -36,7 +36,7 @@ import torch
 from mixvlp_ds.apps import metrics
 from mixvlp_ds.apps.classification import LinearProbe, masked_bce, per_finding_logreg
 from mixvlp_ds.apps.hashing import HashHead, cauchy_hashing_loss
-from mixvlp_ds.apps.loop import fit, predict
+from mixvlp_ds.apps.loop import FitOptions, fit, predict
 from mixvlp_ds.apps.retrieval import KS
 from mixvlp_ds.labels import CXR14
 from mixvlp_ds.shard.sources.openi import read_openi_gold, read_openi_reports
@@ -44,24 +44,26 @@ from mixvlp_ds.shard.sources.openi import read_openi_gold, read_openi_reports
 
 @dataclass
 class Options:
-    vocab_size: int = 3000
-    hidden: int = 128
-    layers: int = 2
-    heads: int = 4
-    intermediate: int = 256
-    max_len: int = 128
-    mlm_epochs: int = 10
-    mlm_lr: float = 1e-3
-    cls_epochs: int = 10
+    """The benchmark's command-line options (--vocab-size, --mlm-epochs, ...), one per field."""
+
+    vocab_size: int = 3000         # WordPiece vocabulary trained on the training reports
+    hidden: int = 128              # encoder width C
+    layers: int = 2                # transformer blocks
+    heads: int = 4                 # attention heads per block
+    intermediate: int = 256        # MLP width of each block
+    max_len: int = 128             # report tokens kept (longer reports are truncated)
+    mlm_epochs: int = 10           # MLM pre-training passes over the training reports
+    mlm_lr: float = 1e-3           # MLM peak learning rate (AdamW)
+    cls_epochs: int = 10           # classification fine-tuning passes, per repeat
     cls_repeats: int = 3           # fine-tunings per encoder (seeds seed..seed+2): their spread is
                                    # the noise a single fine-tuning's AUC carries
-    cls_lr: float = 3e-4
-    hash_epochs: int = 6
-    hash_lr: float = 3e-4
-    batch_size: int = 32
-    gamma: float = 20.0
-    bits: int = 64
-    seed: int = 0
+    cls_lr: float = 3e-4           # classification fine-tuning peak learning rate
+    hash_epochs: int = 6           # hash fine-tuning passes
+    hash_lr: float = 3e-4          # hash fine-tuning peak learning rate
+    batch_size: int = 32           # reports per step (hashing: at least 64, for enough pairs)
+    gamma: float = 20.0            # Cauchy scale of the hashing loss (DCH)
+    bits: int = 64                 # hash code length
+    seed: int = 0                  # seeds the tokenizer/encoder init, row orders, SVD and the regressions
     time_budget_s: float = 0.0     # > 0: wall seconds for the encoder part, training stops early
                                    # beyond it (0 = off: fixed epochs, reproducible on any machine)
 
@@ -83,19 +85,23 @@ def load_split(openi_dir: str | Path):
 # ----------------------------------------------------------------------------- retrieval helper
 
 
-def train_hash_head(features_fn, in_dim: int, labels: np.ndarray, opts: Options, extra_modules=(),
-                    name: str = "hash", epochs: int | None = None, max_seconds: float | None = None,
-                    log=print, lr: float | None = None, lengths: np.ndarray | None = None):
-    """DCH on features_fn(rows) -> (B, C); returns (head, fit stats)."""
+def hash_fit(opts: Options, **changes) -> FitOptions:
+    """The hash heads' training: Options' epochs, lr and seed, at least 64 rows a batch (pairs), with
+    `changes` (name, epochs, lr, max_seconds, lengths, log) on top."""
+    return FitOptions(**{"epochs": opts.hash_epochs, "batch_size": max(opts.batch_size, 64),
+                         "lr": opts.hash_lr, "seed": opts.seed, "name": "hash", **changes})
+
+
+def train_hash_head(features_fn, in_dim: int, labels: np.ndarray, opts: Options, fit_opts: FitOptions,
+                    extra_modules=()):
+    """DCH on features_fn(rows) -> (B, C), trained with `fit_opts` (hash_fit); returns (head, fit stats)."""
     head = HashHead(in_dim, opts.bits)
     y = torch.from_numpy(labels)
 
     def loss(rows):
         return cauchy_hashing_loss(head(features_fn(rows)), y[rows], gamma=opts.gamma)["loss"]
 
-    stats = fit([head, *extra_modules], loss, len(labels), epochs=epochs or opts.hash_epochs,
-                batch_size=max(opts.batch_size, 64), lr=lr or opts.hash_lr, seed=opts.seed, name=name,
-                max_seconds=max_seconds, log=log, lengths=lengths)
+    stats = fit([head, *extra_modules], loss, len(labels), fit_opts)
     return head, stats
 
 
@@ -126,8 +132,8 @@ def tfidf_baseline(train_texts, y_train, test_texts, y_test, opts: Options) -> d
     xt = torch.from_numpy(svd.transform(x_train).astype(np.float32))
     xe = torch.from_numpy(svd.transform(x_test).astype(np.float32))
     torch.manual_seed(opts.seed)
-    head, _ = train_hash_head(lambda rows: xt[rows], xt.shape[1], y_train, opts, name="tfidf-hash",
-                              epochs=30, log=None, lr=1e-3)
+    head, _ = train_hash_head(lambda rows: xt[rows], xt.shape[1], y_train, opts,
+                              hash_fit(opts, name="tfidf-hash", epochs=30, lr=1e-3, log=False))
     with torch.no_grad():
         codes = head(xe).numpy()
     p_at_k = metrics.precision_at_k(codes, y_test, KS)
@@ -183,8 +189,8 @@ class EncoderBench:
         from mixvlp_ds.data.collate import BatchSpec, collate
 
         o = self.opts
-        spec = BatchSpec(label_space="none", max_text_len=o.max_len, pad_to_max=False, mask_text=True,
-                         images=False)
+        spec = BatchSpec(label_space="none", image_size=None, max_text_len=self.cfg.max_text_len,
+                         pad_to_max=False, text_mask_ratio=self.cfg.text_mask_ratio)
         rows = [{"text": t, "labels": (), "key": "", "institution": "openi", "patient_id": ""}
                 for t in self.train_texts]
         gen = torch.Generator().manual_seed(o.seed)
@@ -192,8 +198,9 @@ class EncoderBench:
         def loss(batch_rows):
             return self.model(collate([rows[i] for i in batch_rows], self.tok, spec, gen))["L_txt"]
 
-        stats = fit([self.model], loss, len(rows), epochs=o.mlm_epochs, batch_size=o.batch_size, lr=o.mlm_lr,
-                    seed=o.seed, name="mlm", max_seconds=o.time_budget_s * 0.45 or None, lengths=self.lengths)
+        stats = fit([self.model], loss, len(rows),
+                    FitOptions(epochs=o.mlm_epochs, batch_size=o.batch_size, lr=o.mlm_lr, seed=o.seed,
+                               max_seconds=o.time_budget_s * 0.45 or None, lengths=self.lengths, name="mlm"))
         self.model.save_pretrained(self.pre_dir, self.tok)
         return stats
 
@@ -227,8 +234,9 @@ class EncoderBench:
         probe = LinearProbe(self.cfg.hidden, len(CXR14))
         y_tr, f_cls = torch.from_numpy(self.y_train), self.pooled(m, "train")
         stats = fit([m, probe], lambda rows: masked_bce(probe(f_cls(rows)), y_tr[rows]),
-                    len(self.train_texts), epochs=o.cls_epochs, batch_size=o.batch_size, lr=o.cls_lr,
-                    seed=seed, name=name, max_seconds=max_seconds, lengths=self.lengths)
+                    len(self.train_texts),
+                    FitOptions(epochs=o.cls_epochs, batch_size=o.batch_size, lr=o.cls_lr, seed=seed,
+                               max_seconds=max_seconds, lengths=self.lengths, name=name))
         f_te = self.pooled(m, "test")
         scores = predict(lambda rows: probe(f_te(rows)), self.n_test, 256)
         return metrics.auc_per_finding(self.y_test, scores, CXR14), stats
@@ -251,9 +259,9 @@ class EncoderBench:
         from mixvlp_ds.model import MixVLP
 
         left, m = self.seconds_left(), MixVLP.from_pretrained(self.pre_dir)
+        fit_opts = hash_fit(self.opts, max_seconds=left and left * 0.9, lengths=self.lengths)
         head, stats = train_hash_head(self.pooled(m, "train"), self.cfg.hidden, self.y_train, self.opts,
-                                      extra_modules=[m], name="hash", max_seconds=left and left * 0.9,
-                                      lengths=self.lengths)
+                                      fit_opts, extra_modules=[m])
         f_te = self.pooled(m, "test")
         return predict(lambda rows: head(f_te(rows)), self.n_test, 256), stats
 

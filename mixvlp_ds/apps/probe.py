@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -118,30 +119,38 @@ def run_probes(rows: dict[str, tuple[np.ndarray, np.ndarray, str]], data: dict[s
         train, ev = data[side]
         out[row] = {}
         for p in fractions:
-            aucs = [subset_probe(x_tr, train, x_ev, ev, p, seed, c) for seed in seeds]
-            counts = [int(subset_mask(train["patients"], p, seed).sum()) for seed in seeds]
+            subsets = [PatientSubset(p, seed) for seed in seeds]
+            aucs = [subset_probe(x_tr, train, x_ev, ev, sub, c) for sub in subsets]
+            counts = [int(sub.mask(train["patients"]).sum()) for sub in subsets]
             out[row][f"{p:g}"] = {"mean": float(np.mean(aucs)), "std": float(np.std(aucs)),
                                   "per_seed": aucs, "n_train": counts}
     return out
 
 
-def subset_mask(patients: list[str], percent: float, seed: int) -> np.ndarray:
-    """(N,) bool: the rows whose patient is in the P% subset of `seed` (the sweep's subset)."""
-    from mixvlp_ds.data.subset import in_paired_subset
+@dataclass(frozen=True)
+class PatientSubset:
+    """The P% patient subset a probe is fitted on: the sweep's (`in_paired_subset`)."""
 
-    return np.array([in_paired_subset(pid, percent, seed) for pid in patients])
+    percent: float      # P: the share of patients kept
+    seed: int = 0       # which P% subset (the sweep's subset_seed)
+
+    def mask(self, patients: list[str]) -> np.ndarray:
+        """(N,) bool: the rows whose patient is in the subset."""
+        from mixvlp_ds.data.subset import in_paired_subset
+
+        return np.array([in_paired_subset(pid, self.percent, self.seed) for pid in patients])
 
 
-def subset_probe(x_tr: np.ndarray, train: dict, x_ev: np.ndarray, ev: dict, percent: float, seed: int,
+def subset_probe(x_tr: np.ndarray, train: dict, x_ev: np.ndarray, ev: dict, subset: PatientSubset,
                  c: float = 0.01) -> float | None:
-    """Mean AUC of a probe fitted on the P% patient subset (`seed`) of the training rows."""
-    keep = subset_mask(train["patients"], percent, seed)
+    """Mean AUC of a probe fitted on the P% patient subset of the training rows."""
+    keep = subset.mask(train["patients"])
     auc = probe_auc(x_tr[keep], binary_labels(train["labels"][keep]), x_ev, binary_labels(ev["labels"]),
                     ev["names"], c)
     return metrics.mean_auc(auc)
 
 
-def probe_cell(model, tokenizer, data: dict[str, tuple[dict, dict]], percent: float, seed: int,
+def probe_cell(model, tokenizer, data: dict[str, tuple[dict, dict]], subset: PatientSubset,
                image_kind: str = "level1", c: float = 0.01) -> dict[str, float | None]:
     """One sweep cell's frozen-feature probes: {"img_only": mean AUC, "txt_only": mean AUC} for the
     sides in `data` ({"img" | "txt": (train rows, eval rows)}) that the model encodes."""
@@ -149,11 +158,11 @@ def probe_cell(model, tokenizer, data: dict[str, tuple[dict, dict]], percent: fl
     if "img" in data and model.cfg.use_image:
         tr, ev = data["img"]
         x_tr, x_ev = (model_features(model, d["pyramid"])[image_kind] for d in (tr, ev))
-        out["img_only"] = subset_probe(x_tr, tr, x_ev, ev, percent, seed, c)
+        out["img_only"] = subset_probe(x_tr, tr, x_ev, ev, subset, c)
     if "txt" in data and model.cfg.use_text:
         tr, ev = data["txt"]
         x_tr, x_ev = (text_features(model, tokenizer, d["texts"]) for d in (tr, ev))
-        out["txt_only"] = subset_probe(x_tr, tr, x_ev, ev, percent, seed, c)
+        out["txt_only"] = subset_probe(x_tr, tr, x_ev, ev, subset, c)
     return out
 
 

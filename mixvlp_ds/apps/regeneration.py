@@ -15,6 +15,7 @@ Two references that need no training, scored on the same images with the same ma
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -147,11 +148,22 @@ def reference_table(rows: dict) -> str:
     return "\n".join(lines)
 
 
-def eval_regen(checkpoint: str, shards: str, split: str, out: Path, num_images: int = 64, grids: int = 8,
-               batch_size: int = 16, seed: int = 0) -> dict:
-    """Regeneration metrics of one pre-trained model over the first `num_images` images of a split,
-    beside the two references (with_references) on the same images and masks: the model's
+@dataclass(frozen=True)
+class RegenOptions:
+    """Which images eval_regen scores, how, and how many it draws."""
+
+    num_images: int = 64      # the first N images of the split (in shard order)
+    grids: int = 8            # PNG grids original | regenerated | |error| written, first images first
+    batch_size: int = 16      # images per forward pass (the figures do not depend on it)
+    seed: int = 0             # the disjoint patch masks' draw
+
+
+def eval_regen(checkpoint: str, shards: str, split: str, out: Path,
+               opts: RegenOptions = RegenOptions()) -> dict:
+    """Regeneration metrics of one pre-trained model over the first `opts.num_images` images of a
+    split, beside the two references (with_references) on the same images and masks: the model's
     numbers at the top level, the comparison in "rows" (with the images' keys)."""
+    num_images, grids = opts.num_images, opts.grids
     import tempfile
 
     from mixvlp_ds.apps.rows import fetch_model_dir
@@ -172,7 +184,7 @@ def eval_regen(checkpoint: str, shards: str, split: str, out: Path, num_images: 
                 break
     if not pyramids:
         raise ValueError(f"{shards}: split {split!r} has no images")
-    both = with_references(model, pyramids, seed, batch_size)
+    both = with_references(model, pyramids, opts.seed, opts.batch_size)
     orig, regen = both["images"]["original"], both["images"]["model"]
     res = dict(both["rows"]["model"])
     name = f"{'ms' if model.cfg.multiscale else 'ss'}_B{model.cfg.block_size}"

@@ -15,43 +15,42 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
 from mixvlp_ds.config import ConfigError
 from mixvlp_ds.labels import LABEL_SPACES, is_label_space
 
+Scenario = Literal["baseline", "mixup1", "mixup2", "custom"]
 Role = Literal["paired", "image_only", "text_only"]
 Rest = Literal["drop", "repair", "split"]
+# resume on another world size or worker count: finish the saved epochs exactly (ledger.py),
+# restart the saved epoch, start the next one, or refuse
+WorldChange = Literal["exact", "restart_epoch", "next_epoch", "error"]
+# resume with other sources or mixing (the saved positions mean nothing then): refuse, restart the
+# saved epoch with the new data, or start the next one
+StreamChange = Literal["error", "restart_epoch", "next_epoch"]
 
 
 @dataclass
 class SourceSpec:
     """One institution's shards.
 
-    name:        short name, used in logs and for `pair_with`
-    uri:         a local folder or s3://bucket/prefix holding index.json
-    role:        paired (image + own report) | image_only | text_only
-    weight:      passes over this source per epoch: 1 reads every shard once, 2 twice (two
-                 shuffles), 0.5 half of its shards (a different half each epoch)
-    institution: the institution written into each tuple; defaults to `name`
-    percent:     paired sources: P% of patients stay truly paired (default: DataConfig.paired_percent)
-    rest:        paired sources, the records outside the P% subset: drop (baseline), repair (each
-                 image coupled with a random report of `pair_with`, pair=0), split (image-only rows
-                 and text-only rows)
-    pair_with:   name of the source whose reports re-paired images of this source take ("" = own
-                 source for paired sources; for image_only sources "" keeps image-only rows)
-    split:       which split of the shards to read
+    A `weight` of 1 reads every shard once per epoch, 2 twice (two shuffles), 0.5 half of its
+    shards (a different half each epoch). `rest`, for the records of a paired source outside the P%
+    subset: drop (baseline), repair (each image coupled with a random report of `pair_with`,
+    pair=0), split (image-only rows and text-only rows). An empty `pair_with` means the source's
+    own reports for a paired source, and keeps image-only rows for an image_only source.
     """
 
-    name: str
-    uri: str
-    role: Role = "paired"
-    weight: float = 1.0
-    institution: str = ""
-    percent: float | None = None
-    rest: Rest = "drop"
-    pair_with: str = ""
-    split: str = "train"
+    name: str                       # short name, used in logs and by `pair_with`
+    uri: str                        # a local folder or s3://bucket/prefix holding index.json
+    role: Role = "paired"           # paired (image + own report) | image_only | text_only
+    weight: float = 1.0             # passes over this source per epoch (see above)
+    institution: str = ""           # the institution written into each tuple; "" = `name`
+    percent: float | None = None    # paired: P% of patients truly paired; None: DataConfig.paired_percent
+    rest: Rest = "drop"             # paired, outside the P% subset: drop | repair | split (see above)
+    pair_with: str = ""             # the source whose reports re-paired images take (see above)
+    split: str = "train"            # which split of the shards to read
 
     def validate(self) -> None:
         if not self.name or "/" in self.name:
@@ -68,35 +67,35 @@ class SourceSpec:
 
 @dataclass
 class DataConfig:
-    """The whole input side of pre-training (see docs/data.md)."""
+    """The input side of pre-training: which shards, how they are mixed, read and laid out (see
+    docs/data.md). What a batch holds, and the sizes and mask ratios, are the model's
+    (model.use_image / use_text, image_size, max_text_len, text_mask_ratio, image_mask_ratio:
+    `collate.BatchSpec.for_model`); a data section that sets one of OWNED_ELSEWHERE is refused."""
 
-    sources: list[SourceSpec] = field(default_factory=list)
-    scenario: Literal["baseline", "mixup1", "mixup2", "custom"] = "baseline"
-    paired_percent: float = 100.0
-    subset_seed: int = 0            # the P% subset's seed: fine-tuning must use the same one
+    # keys a data section may not hold, and where each value lives (mixvlp_ds.config.from_dict)
+    OWNED_ELSEWHERE: ClassVar[dict[str, str]] = {"image_size": "model.image_size",
+                                                 "max_text_len": "model.max_text_len",
+                                                 "mask_text_prob": "model.text_mask_ratio"}
+
+    sources: list[SourceSpec] = field(default_factory=list)   # the institutions' shards (SourceSpec)
+    scenario: Scenario = "baseline"  # how the sources are mixed (resolve_sources)
+    paired_percent: float = 100.0   # P: share of patients kept truly paired (subset.py), per paired source
+    subset_seed: int = 0            # the P% subset's seed (exported in pretraining.json: fine-tuning reads it)
     negative_rate: float = 0.0      # share of truly paired records re-paired anyway (pair=0)
-    batch_size: int = 64            # per rank
+    batch_size: int = 64            # rows per batch, per rank
     num_workers: int = 2            # dataloader worker processes per rank (0 = in the main process)
-    backend: Literal["wds", "streaming"] = "wds"
+    backend: Literal["wds", "streaming"] = "wds"  # wds: WebDataset tars; streaming: MDS shards
     shuffle_buffer: int = 1000      # tuples held for shuffling, per worker
     image_pool: int = 256           # images waiting for a random report, per worker
     report_pool: int = 1024         # reports to draw from, per institution and worker
-    # the next three belong to the model in a run config (RunConfig fills them from model.*); set
-    # them here only when the loader is used on its own
-    mask_text_prob: float = 0.15
-    max_text_len: int = 150
-    image_size: int = 224
-    mask_text: bool = True
-    pad_to_max: bool = True         # fixed (B, max_text_len) shapes; False pads to the batch's longest
-    label_space: str = "chexpert14"
+    mask_text: bool = True          # BERT-mask the words of a model that reads text; False: unmasked
+    pad_to_max: bool = True         # fixed (B, model.max_text_len) shapes; False pads to the batch's longest
+    label_space: str = "chexpert14"  # the labels' space of every batch (mixvlp_ds.labels)
     max_skip_fraction: float = 0.01  # abort when more than this share of records is skipped
-    min_records_before_abort: int = 200
+    min_records_before_abort: int = 200  # records seen before max_skip_fraction may abort
     skip_log: str = ""              # JSON lines of skipped records/shards ("" = log only)
-    # resume on another world size or worker count: finish the saved epochs exactly (ledger.py),
-    # restart the saved epoch, start the next one, or refuse
-    on_world_size_change: Literal["exact", "restart_epoch", "next_epoch", "error"] = "exact"
-    # resume with other sources or mixing (their positions mean nothing then): refuse, or start over
-    on_stream_change: Literal["error", "restart_epoch", "next_epoch"] = "error"
+    on_world_size_change: WorldChange = "exact"   # resume on another world or worker count (WorldChange)
+    on_stream_change: StreamChange = "error"      # resume with other sources or mixing (StreamChange)
     drop_last: bool = False         # a short last batch per worker and epoch: padded (False) or dropped
     prefetch_factor: int = 2        # batches each worker prepares ahead
     s3_retries: int = 5             # read attempts of one shard byte range before it counts as failed
@@ -117,8 +116,6 @@ class DataConfig:
             raise ConfigError(f"data.negative_rate must lie in [0, 1), got {self.negative_rate}")
         if not 0 <= self.max_skip_fraction <= 1:   # a share of the records: 1.5 would never abort
             raise ConfigError(f"data.max_skip_fraction: {self.max_skip_fraction} is not a fraction in [0, 1]")
-        if not 0 <= self.mask_text_prob <= 1:
-            raise ConfigError(f"data.mask_text_prob: {self.mask_text_prob} is not a fraction in [0, 1]")
         for name in ("min_records_before_abort", "s3_backoff"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"data.{name}: must be >= 0, got {getattr(self, name)}")
@@ -128,13 +125,9 @@ class DataConfig:
         if self.batch_size < 1 or self.num_workers < 0 or self.shuffle_buffer < 1 or self.prefetch_factor < 1:
             raise ConfigError("data.batch_size >= 1, data.num_workers >= 0, data.shuffle_buffer >= 1, "
                               "data.prefetch_factor >= 1")
-        if not 2 <= self.max_text_len <= 512:   # the model's bound (its position table)
-            raise ConfigError(f"data.max_text_len must lie in [2, 512], got {self.max_text_len}")
         if not is_label_space(self.label_space):
             raise ConfigError(f"data.label_space {self.label_space!r} unknown; known {sorted(LABEL_SPACES)} "
                               f"or 'custom:name,name,...'")
-        if self.image_size % 4:
-            raise ConfigError(f"data.image_size {self.image_size} must be divisible by 4")
         resolve_sources(self)  # raises ConfigError when the scenario does not fit the sources
 
 

@@ -1,6 +1,6 @@
 """The pre-training loader: shards -> mixed, decoded, masked batches, resumable exactly.
 
-    loader = build_pretrain_loader(cfg, tokenizer, rank, world_size, seed)
+    loader = build_pretrain_loader(cfg, tokenizer, rank, world_size, seed, model=model_cfg)
     for batch in loader:            # one epoch per `for`; loader.epoch counts them
         ...
         ckpt["data"] = loader.state_dict()
@@ -16,6 +16,11 @@ and how many tuples each worker has delivered. Restoring replays each worker's s
 epoch start, skipping (without decoding) the tuples already delivered, and rotates the workers so
 the round-robin continues where it stopped.
 
+What a batch holds is the model's (`collate.BatchSpec.for_model`): for a model that reads no image
+the workers neither keep nor decode the PNGs and the batch has no pyramid; for one that reads no
+text they neither decode nor tokenize the reports and the batch has no tokens. The tuples, and so
+the state, are the same whatever the model.
+
 Worker processes live as long as the loader (one DataLoader, persistent across epochs: each
 worker plays the next epoch of its slot when the next `for` starts); an epoch left unfinished, a
 `load_state_dict` or `close()` shuts them down. With `pin_memory` (set on CUDA) batches arrive in
@@ -29,15 +34,15 @@ import logging
 import os
 from collections import Counter
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from mixvlp_ds.config import ConfigError
 from mixvlp_ds.data.collate import BatchSpec, collate, padding_row
 from mixvlp_ds.data.config import DataConfig, resolve_sources
-from mixvlp_ds.data.dealing import deal_shards, interleave, seeded
+from mixvlp_ds.data.dealing import seeded
 from mixvlp_ds.data.faults import FaultCounter
 from mixvlp_ds.data.ledger import (
     Part,
@@ -48,19 +53,11 @@ from mixvlp_ds.data.ledger import (
     stream_changes,
     stream_fields,
 )
-from mixvlp_ds.data.reader import (
-    Record,
-    SampleError,
-    ShardRef,
-    decode_labels,
-    decode_pyramid,
-    decode_text,
-    iter_shard,
-    list_shards,
-    read_index,
-)
+from mixvlp_ds.data.reader import SampleError, decode_labels, decode_pyramid, decode_text
 from mixvlp_ds.data.sampler import MixedTuple, MixingSampler, batch_shares
-from mixvlp_ds.patch_masking import PatchMasking
+
+if TYPE_CHECKING:
+    from mixvlp_ds.model.config import ModelConfig
 
 log = logging.getLogger("mixvlp_ds.data")
 STATE_VERSION = 2
@@ -69,13 +66,13 @@ STATE_VERSION = 2
 class SlotStream:
     """One worker's play of an epoch: the parts' tuple streams one after another (one part, its own
     slot, unless a resume on another world handed it a plan: ledger.py) -> decoded rows -> batches,
-    tagged for the loader with the tuples delivered per slot."""
+    tagged for the loader with the tuples delivered per slot. `spec` (the model's) says which
+    sides of a tuple are decoded."""
 
-    def __init__(self, cfg: DataConfig, tokenizer, records_fn, epoch: int, parts: list[Part], worker: int,
-                 seed: int, patch_masking: PatchMasking | None = None):
-        self.cfg, self.tokenizer, self.records_fn = cfg, tokenizer, records_fn
+    def __init__(self, cfg: DataConfig, spec: BatchSpec, tokenizer, records_fn, epoch: int, parts: list[Part],
+                 worker: int, seed: int):
+        self.cfg, self.spec, self.tokenizer, self.records_fn = cfg, spec, tokenizer, records_fn
         self.epoch, self.parts, self.worker, self.seed = epoch, parts, worker, seed
-        self.spec = BatchSpec.for_pretraining(cfg, patch_masking)
         where = ",".join(str(p.slot) for p in parts) or "-"
         self.faults = FaultCounter(cfg.max_skip_fraction, cfg.min_records_before_abort, cfg.skip_log,
                                    where=f"[data slot {where} epoch {epoch}] ")
@@ -117,20 +114,22 @@ class SlotStream:
             yield self._batch(rows, kept, start, progress, counts)
 
     def _decode(self, t: MixedTuple) -> dict | None:
-        """Decode one tuple; a bad member skips the tuple, counted against the record it came from."""
-        cfg = self.cfg
+        """Decode the sides of one tuple the batch carries (has_image / has_text say what the tuple
+        holds either way); a bad member skips the tuple, counted against the record it came from."""
+        spec = self.spec
         src = t.image or t.text
         current = src
         try:
-            pyramid = decode_pyramid(t.image, cfg.image_size) if t.image else None
+            pyramid = decode_pyramid(t.image, spec.image_size) if t.image and spec.images else None
             current = t.text
-            text = decode_text(t.text) if t.text else None
+            text = decode_text(t.text) if t.text and spec.text else None
             current = src
-            labels = decode_labels(src, cfg.label_space)
+            labels = decode_labels(src, spec.label_space)
         except SampleError as e:
             self.faults.skip(current.shard, current.key, str(e), already_seen=True)
             return None
-        return {"pyramid": pyramid, "text": text, "labels": labels, "pair": t.pair, "key": src.key,
+        return {"pyramid": pyramid, "text": text, "has_image": t.image is not None,
+                "has_text": t.text is not None, "labels": labels, "pair": t.pair, "key": src.key,
                 "text_key": t.text.key if t.text else "", "institution": src.institution,
                 "patient_id": src.patient_id}
 
@@ -209,25 +208,27 @@ def exit_with_parent(parent: int, worker_id: int = 0) -> None:
     threading.Thread(target=watch, name=f"exit-with-rank-{parent}", daemon=True).start()
 
 
-def _slot_stream(cfg: DataConfig, tokenizer, backend, seed: int, patch_masking: PatchMasking | None,
-                 epoch: int, worker: int, parts: list[Part]) -> SlotStream:
+def _slot_stream(cfg: DataConfig, spec: BatchSpec, tokenizer, backend, seed: int, epoch: int, worker: int,
+                 parts: list[Part]) -> SlotStream:
     def records_fn(slot: int, n_slots: int):
         return backend.records_fn(epoch, slot, n_slots)
 
-    return SlotStream(cfg, tokenizer, records_fn, epoch, parts, worker, seed, patch_masking)
+    return SlotStream(cfg, spec, tokenizer, records_fn, epoch, parts, worker, seed)
 
 
 class PretrainLoader:
     """Iterable of batches (one epoch per iteration) with exact-resume state. See module doc.
-    Worker processes stop with close(), at the end of a `with` block, or when the loader is freed."""
+    Worker processes stop with close(), at the end of a `with` block, or when the loader is freed.
+    model: the config of the model the batches are for (what they hold, sizes, mask ratios)."""
 
-    def __init__(self, cfg: DataConfig, tokenizer, rank: int = 0, world_size: int = 1, seed: int = 0,
-                 patch_masking: PatchMasking | None = None, pin_memory: bool = False):
+    def __init__(self, cfg: DataConfig, tokenizer, rank: int = 0, world_size: int = 1, seed: int = 0, *,
+                 model: ModelConfig, pin_memory: bool = False):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} not in [0, {world_size})")
         self.cfg, self.tokenizer = cfg, tokenizer
+        self.spec = BatchSpec.for_model(model, cfg)
         self.rank, self.world_size, self.seed = rank, world_size, seed
-        self.patch_masking, self.pin_memory = patch_masking, pin_memory
+        self.pin_memory = pin_memory
         self.workers = max(cfg.num_workers, 1)
         self.n_workers = world_size * self.workers  # rank x worker slots of this world
         self.specs = resolve_sources(cfg)
@@ -243,10 +244,10 @@ class PretrainLoader:
     # ------------------------------------------------------------ backends
     def _make_backend(self):
         if self.cfg.backend == "streaming":
-            from mixvlp_ds.data.mds_backend import MdsRecords
-
-            return MdsRecords(self.cfg, self.specs, self.n_workers, self.seed)
-        return WdsRecords(self.cfg, self.specs, self.n_workers, self.seed)
+            from mixvlp_ds.data.mds_backend import MdsRecords as Backend
+        else:
+            from mixvlp_ds.data.wds_backend import WdsRecords as Backend
+        return Backend(self.cfg, self.specs, self.n_workers, self.seed, self.spec.image_size)
 
     def _open(self) -> DataLoader:
         """The DataLoader that plays epochs from self.epoch on, resuming at self.progress."""
@@ -255,8 +256,8 @@ class PretrainLoader:
             # loader, or loader -> DataLoader -> dataset -> loader is a cycle that only the garbage
             # collector frees, at a random later moment, where the workers' shutdown then waits 5 s
             # per worker (measured: 10 s for 2 workers, inside whatever runs next)
-            make_stream = functools.partial(_slot_stream, self.cfg, self.tokenizer, self._backend, self.seed,
-                                            self.patch_masking)
+            make_stream = functools.partial(_slot_stream, self.cfg, self.spec, self.tokenizer, self._backend,
+                                            self.seed)
             ds = _RankDataset(make_stream, self.rank, self.cfg.num_workers, self.n_workers, self.epoch,
                               dict(self.progress), self.next_worker, dict(self.plan))
             workers = self.cfg.num_workers
@@ -418,58 +419,8 @@ def normalised(state: dict) -> dict:
     return out
 
 
-class WdsRecords:
-    """WebDataset tar shards listed by index.json, local or S3."""
-
-    def __init__(self, cfg: DataConfig, specs, n_slots: int, seed: int):
-        self.cfg, self.seed, self.n_slots = cfg, seed, n_slots
-        self.shards: dict[str, list[ShardRef]] = {}
-        self.institution = {s.name: s.institution for s in specs}
-        self.weights = {s.name: s.weight for s in specs}
-        for s in specs:
-            index = read_index(s.uri, cfg.s3_retries, cfg.s3_backoff)
-            if index.get("format", "wds") != "wds":
-                raise ValueError(f"{s.uri}: format {index.get('format')!r}; "
-                                 f"data.backend wds reads 'wds' shards")
-            if int(index.get("image_size", cfg.image_size)) != cfg.image_size:
-                raise ValueError(f"{s.uri}: shards have image_size {index['image_size']}, "
-                                 f"the model's (data.image_size) is {cfg.image_size}")
-            self.shards[s.name] = list_shards(s.uri, s.split, s.name, index)
-        total = sum(len(v) for v in self.shards.values())
-        if total < self.n_slots:
-            log.warning("%d shards for %d rank x worker slots: some workers get no data", total, self.n_slots)
-        self._dealt: tuple[tuple[int, int], list[list[ShardRef]]] | None = None
-
-    def slots(self, epoch: int, n_slots: int) -> list[list[ShardRef]]:
-        """This epoch's shards per slot of a dealing into n_slots (dealt once per epoch and process)."""
-        if self._dealt is None or self._dealt[0] != (epoch, n_slots):
-            dealt = deal_shards(self.shards, self.weights, epoch, self.seed, n_slots)
-            self._dealt = ((epoch, n_slots), dealt)
-        return self._dealt[1]
-
-    def records_fn(self, epoch: int, slot: int, n_slots: int):
-        refs = self.slots(epoch, n_slots)[slot]
-        cfg = self.cfg
-
-        def records(faults: FaultCounter, rng: np.random.Generator) -> Iterator[Record]:
-            streams = {}
-            for name in sorted({r.source for r in refs}):
-                mine = [r for r in refs if r.source == name]
-                streams[name] = (sum(r.num_samples for r in mine), source_records(mine, name, faults))
-            return interleave(streams, rng)
-
-        def source_records(mine: list[ShardRef], name: str, faults: FaultCounter) -> Iterator[Record]:
-            # A function, not a generator expression in the loop above: the expression would read
-            # `name` lazily and stamp every record with the last source's institution.
-            for ref in mine:
-                yield from iter_shard(ref, faults, self.institution[name], cfg.s3_retries, cfg.s3_backoff)
-
-        return records
-
-
-def build_pretrain_loader(cfg: DataConfig, tokenizer, rank: int = 0, world_size: int = 1, seed: int = 0,
-                          patch_masking: PatchMasking | None = None,
-                          pin_memory: bool = False) -> PretrainLoader:
-    """The pre-training batches of one rank (see PretrainLoader and docs/data.md)."""
+def build_pretrain_loader(cfg: DataConfig, tokenizer, rank: int = 0, world_size: int = 1, seed: int = 0, *,
+                          model: ModelConfig, pin_memory: bool = False) -> PretrainLoader:
+    """The pre-training batches of one rank for `model` (see PretrainLoader and docs/data.md)."""
     cfg.validate()
-    return PretrainLoader(cfg, tokenizer, rank, world_size, seed, patch_masking, pin_memory)
+    return PretrainLoader(cfg, tokenizer, rank, world_size, seed, model=model, pin_memory=pin_memory)

@@ -131,11 +131,14 @@ def _split_member(name: str) -> tuple[str, str]:
 
 
 def iter_shard(shard: ShardRef, faults: FaultCounter, institution: str = "", retries: int = 5,
-               backoff: float = 0.5) -> Iterator[Record]:
+               backoff: float = 0.5, images: bool = True) -> Iterator[Record]:
     """Records of one WebDataset tar, streamed (no seek, no local copy).
 
     Bad records are skipped and counted; when the tar ends early or cannot be read, the records
-    index.json promised but that never arrived are counted as skipped, naming the shard."""
+    index.json promised but that never arrived are counted as skipped, naming the shard.
+    images=False (a model that reads no image): image members are passed over unread and stand as
+    empty placeholders, so the record still says it has an image (the sampler routes by that)
+    while the mixing buffers hold no PNG bytes."""
     got = 0
     try:
         with open_shard(shard.url, retries, backoff) as fh, tarfile.open(fileobj=fh, mode="r|") as tar:
@@ -151,7 +154,7 @@ def iter_shard(shard: ShardRef, faults: FaultCounter, institution: str = "", ret
                         yield rec
                     fields = {}
                 key = k
-                fields[ext] = tar.extractfile(member).read()
+                fields[ext] = tar.extractfile(member).read() if images or not ext.startswith("img") else b""
             if key is not None:
                 got += 1
                 rec = _make(key, fields, shard, faults, institution)

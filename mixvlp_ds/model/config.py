@@ -46,34 +46,38 @@ SIZES: dict[str, dict[str, Any]] = {
 
 @dataclass
 class ModelConfig:
+    """Every size and switch of the model, and the values the data pipeline builds its batches to:
+    what a batch holds (use_image, use_text), the image size, the report length and both mask
+    ratios have this config as their one owner (`mixvlp_ds.data.collate.BatchSpec.for_model`)."""
+
     # --- transformer sizes (BERT-base by default) ---
-    vocab_size: int = 30522
-    hidden: int = 768
-    layers: int = 12
-    heads: int = 12
-    intermediate: int = 3072
-    dropout: float = 0.1
-    attention_dropout: float = 0.1
-    layer_norm_eps: float = 1e-12
-    max_text_len: int = 150
+    vocab_size: int = 30522             # word embeddings and word-head outputs (>= the tokenizer's size)
+    hidden: int = 768                   # C: width of every token, word or patch
+    layers: int = 12                    # shared encoder blocks
+    heads: int = 12                     # attention heads per block (hidden must divide by it)
+    intermediate: int = 3072            # feed-forward width of an encoder block
+    dropout: float = 0.1                # on embeddings, attention outputs and feed-forward outputs
+    attention_dropout: float = 0.1      # on the attention probabilities
+    layer_norm_eps: float = 1e-12       # every LayerNorm's epsilon (BERT's)
+    max_text_len: int = 150             # tokens per report incl. [CLS]/[SEP]: position table and batch length
     # --- image ---
-    image_size: int = 224
-    block_size: int = 8
-    multiscale: bool = True
+    image_size: int = 224               # S: finest level in px (pyramid S, S/2, S/4), as the shards
+    block_size: int = 8                 # patch side in px at every level
+    multiscale: bool = True             # encode all three levels (ms_*); False: the finest only (ss_*)
     # --- architecture ---
-    fusion: Literal["unit", "uwox", "none"] = "uwox"
-    use_text: bool = True
-    use_image: bool = True
+    fusion: Literal["unit", "uwox", "none"] = "uwox"  # cross-modal fusion; none: one modality (AIAYN)
+    use_text: bool = True               # the model reads reports: batches carry tokens and word masks
+    use_image: bool = True              # the model reads images: batches carry pyramids and patch masks
     # A LayerNorm after eq. 1/2's sum of two normalised terms. On by default: BERT's layers
     # (used to initialise the shared encoder) expect LayerNorm'd inputs, and it makes the text
     # side exactly a Hugging Face BertModel for export. False = eq. 1/2 to the letter (no export).
-    embedding_norm: bool = True
+    embedding_norm: bool = True         # LayerNorm of the embedding sum (see above)
     # --- pre-training objectives ---
-    text_mask_ratio: float = 0.15      # drawn by the data pipeline (mask_tokens); sets max_masked_words
-    image_mask_ratio: float = 0.15     # drawn by the data pipeline (draw_patch_masks), every level
-    weight_txt: float = 1.0
-    weight_img: float = 1.0
-    weight_co: float = 1.0
+    text_mask_ratio: float = 0.15       # share of a report's words masked (data pipeline); max_masked_words
+    image_mask_ratio: float = 0.15      # share of each level's patches masked (data pipeline)
+    weight_txt: float = 1.0             # L_txt's weight in the loss
+    weight_img: float = 1.0             # L_img's weight in the loss
+    weight_co: float = 1.0              # L_co's weight in the loss
     # L_co's tuples. "tuple": eq. 9 as docs/method.md reads it, one BCE per row against its own label.
     # "batch": DEPARTS FROM THE PAPER (docs/synthetic_results.md, "Pair matching"): the same head
     # scores every true pair's image of the micro-batch against every true pair's report of it
@@ -82,18 +86,17 @@ class ModelConfig:
     # negatives weigh half each (sigmoid loss over all pairs, as SigLIP); re-paired rows stay out
     # (losses.batch_pair_loss). With "tuple" the head stays at chance even as the only loss
     # (measured); with "batch" it learns.
-    pair_loss: Literal["tuple", "batch"] = "tuple"
+    pair_loss: Literal["tuple", "batch"] = "tuple"  # L_co per row, or over the batch's pairs (see above)
     # --- decoder (multi-scale: one block per level; single scale: MLP only, as AIAYN) ---
-    decoder_intermediate: int = 0      # 0 = same as `intermediate`
+    decoder_intermediate: int = 0      # feed-forward width of a decoder block; 0 = same as `intermediate`
     # "attention": eqs. 12-13 as docs/method.md reads them (a finer level reads the coarser one through
     # cross-attention only); "unpool": each finer query also receives its parent coarse token's
     # decoded feature, unpooled to its quadrant (a learned 2x2 transposed projection), see decoder.py
-    decoder_top_down: Literal["attention", "unpool"] = "attention"
-    # the pixel MLP predicts the correction to the mid level (as the encoder saw it) upsampled
-    decoder_pixel_skip: bool = False
-    pixel_head_hidden: int = 0         # 0 = same as `hidden`
+    decoder_top_down: Literal["attention", "unpool"] = "attention"  # coarse-to-fine path (see above)
+    decoder_pixel_skip: bool = False   # the pixel MLP predicts the correction to the upsampled mid level
+    pixel_head_hidden: int = 0         # hidden width of the pixel MLP; 0 = same as `hidden`
     # --- memory ---
-    activation_checkpointing: bool = False
+    activation_checkpointing: bool = False  # recompute encoder blocks in backward: less memory
 
     @classmethod
     def preset(cls, size: str = "bert-base", *, arch: str | None = None, image: str | None = None,

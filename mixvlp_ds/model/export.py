@@ -2,6 +2,7 @@
 
     model.save_pretrained(DIR, tokenizer)      # DIR/model.safetensors, DIR/config.json, DIR/tokenizer/
     model = MixVLP.from_pretrained(DIR)        # (both in mixvlp.py: persistence points one way)
+    read_pretraining(DIR)                      # DIR/pretraining.json: the run's P% subset, or None
     export_text_encoder_hf(model, OUT, tokenizer)
     transformers.AutoModel.from_pretrained(OUT)  # no code of ours; last_hidden_state == F_txt
 
@@ -14,18 +15,38 @@ is appended as one more BERT layer, so the export gives F_txt, the features appl
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
 
 from mixvlp_ds.model.bert_init import BLOCK_NAMES
-from mixvlp_ds.model.mixvlp import TOKENIZER, MixVLP
+from mixvlp_ds.model.mixvlp import PRETRAINING, TOKENIZER, MixVLP
 
 
 def load_saved_tokenizer(directory: str | Path):
     """The tokenizer saved beside a model by save_pretrained."""
     from mixvlp_ds.text.tokenizer import load_tokenizer
     return load_tokenizer(Path(directory) / TOKENIZER)
+
+
+def read_pretraining(directory: str | Path) -> dict | None:
+    """The facts pre-training exported beside the weights (`save_pretrained(pretraining=...)`):
+    {"paired_percent": {paired source: P}, "subset_seed": S}, the P% paired subset fine-tuning
+    trains on. None for a directory without them (random init, BERT weights, an older export)."""
+    path = Path(directory) / PRETRAINING
+    if not path.is_file():
+        return None
+    try:
+        facts = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    fits = (isinstance(facts, dict) and isinstance(facts.get("paired_percent"), dict)
+            and isinstance(facts.get("subset_seed"), int))
+    if not fits:
+        raise ValueError(f"{path}: expected paired_percent (a mapping source -> P) and subset_seed "
+                         f"(an integer), got {facts!r}")
+    return facts
 
 
 @torch.no_grad()

@@ -2,7 +2,8 @@
 
 Counts matrix multiplications only (2 FLOPs per multiply-add), the convention of
 `torch.utils.flop_counter.FlopCounterMode`, which a test checks this against. A sample is one
-full tuple: an image (every pyramid level) and a `text_len`-token report.
+full tuple as the model reads it: an image (every level it encodes) if `use_image`, a
+`text_len`-token report if `use_text`; a side the model does not read costs nothing.
 
 Backward costs 2x forward for every matmul (input and weight gradients), except the two
 embedding projections whose inputs (pixels, patch positions) need no gradient (1x), and the

@@ -42,6 +42,7 @@ from mixvlp_ds.model.patches import patchify, pyramid_positions, unpatchify
 
 # a saved model directory (save_pretrained / from_pretrained)
 WEIGHTS, CONFIG, TOKENIZER = "model.safetensors", "config.json", "tokenizer"
+PRETRAINING = "pretraining.json"   # the pre-training run's facts fine-tuning reads (export.py)
 
 
 class MixVLP(nn.Module):
@@ -286,10 +287,11 @@ class MixVLP(nn.Module):
 
     # ------------------------------------------------------------------ persistence
     def save_pretrained(self, directory: str | Path, tokenizer=None,
-                        state: dict[str, torch.Tensor] | None = None) -> Path:
+                        state: dict[str, torch.Tensor] | None = None,
+                        pretraining: dict | None = None) -> Path:
         """DIR/model.safetensors + DIR/config.json (+ DIR/tokenizer/ when given). `state`: other
         weights than the module's own, e.g. the fp32 master weights of a bf16 run gathered from
-        the ZeRO partitions."""
+        the ZeRO partitions. `pretraining`: facts of the pre-training run, DIR/pretraining.json."""
         from safetensors.torch import save_file
 
         d = Path(directory)
@@ -300,6 +302,8 @@ class MixVLP(nn.Module):
         (d / CONFIG).write_text(json.dumps({"model": "MixVLP", "config": to_dict(self.cfg)}, indent=2))
         if tokenizer is not None:
             tokenizer.save_pretrained(str(d / TOKENIZER))
+        if pretraining is not None:
+            (d / PRETRAINING).write_text(json.dumps(pretraining, indent=2))
         return d
 
     @classmethod

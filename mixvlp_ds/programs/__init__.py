@@ -9,7 +9,7 @@
     python -m mixvlp_ds.shard --source ...    shards (its own package: the first step of the pipeline)
 
 Each has a console script as well (`mixvlp-quickstart`, `mixvlp-evaluate`, ...: pyproject.toml), which
-calls the functions below: the program's `main()` with an exit status (mixvlp_ds.status).
+calls `programs/console.py`: the program's `main()` with an exit status (mixvlp_ds.status).
 `mixvlp-pretrain` is `mixvlp_ds.train.pretrain:console`, which adds 3 for checkpoint store failures;
 `mixvlp-shard` and `mixvlp-tokenizer` return their own status.
 """
@@ -18,54 +18,11 @@ from __future__ import annotations
 
 import sys
 
-from mixvlp_ds.status import run
+from mixvlp_ds.programs import console
 
-
-def finetune(argv: list[str] | None = None) -> int:
-    from mixvlp_ds.apps.finetune import main
-
-    return run(main, argv)
-
-
-def evaluate(argv: list[str] | None = None) -> int:
-    from mixvlp_ds.programs.evaluate import main
-
-    return run(main, argv)
-
-
-def sweep(argv: list[str] | None = None) -> int:
-    from mixvlp_ds.programs.sweep import main
-
-    return run(main, argv)
-
-
-def quickstart(argv: list[str] | None = None) -> int:
-    from mixvlp_ds.programs.quickstart import main
-
-    return run(main, argv)
-
-
-def pretrain(argv: list[str] | None = None) -> int:
-    from mixvlp_ds.train.pretrain import cli, exit_now
-
-    exit_now(cli(argv))  # leaves the process (see exit_now)
-    return 0
-
-
-def tokenizer(argv: list[str] | None = None) -> int:
-    from mixvlp_ds.text.tokenizer import main
-
-    return run(main, argv)
-
-
-def shard(argv: list[str] | None = None) -> int:
-    from mixvlp_ds.shard.__main__ import main
-
-    return main(argv)
-
-
-PROGRAMS = {"quickstart": quickstart, "evaluate": evaluate, "sweep": sweep, "finetune": finetune,
-            "pretrain": pretrain, "tokenizer": tokenizer, "shard": shard}
+PROGRAMS = {"quickstart": console.quickstart, "evaluate": console.evaluate, "sweep": console.sweep,
+            "finetune": console.finetune, "pretrain": console.pretrain, "tokenizer": console.tokenizer,
+            "shard": console.shard}
 
 
 def dispatch(argv: list[str]) -> int:

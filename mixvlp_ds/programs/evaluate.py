@@ -36,7 +36,7 @@ from mixvlp_ds.apps.classification import (
 from mixvlp_ds.apps.hashing import HashHead
 from mixvlp_ds.apps.heads import HEAD_INFO, make_pool
 from mixvlp_ds.apps.loop import predict
-from mixvlp_ds.apps.regeneration import eval_regen
+from mixvlp_ds.apps.regeneration import RegenOptions, eval_regen
 from mixvlp_ds.apps.retrieval import KS, evaluate_codes, random_code_baseline
 from mixvlp_ds.apps.rows import Rows, check_same_label_space, fetch_model_dir, labelled_samples, usable
 
@@ -165,8 +165,8 @@ def main(argv: list[str] | None = None) -> dict:
 
         rows = {}
         for c in args.checkpoint:
-            r = eval_regen(c, args.shards, args.split, out, args.num_images, args.grids,
-                           min(args.batch_size, 16))
+            r = eval_regen(c, args.shards, args.split, out,
+                           RegenOptions(args.num_images, args.grids, min(args.batch_size, 16)))
             r.pop("images")
             rows[r["variant"]] = r
         md = tables.table4b(rows) + "".join(f"\n\n{name} beside the references (same images, same masks)\n\n"

@@ -204,13 +204,16 @@ def main(argv: list[str] | None = None) -> None:
 
     efficiency = None
     if args.label_efficiency or long:
+        from mixvlp_ds.apps.finetune import FinetuneConfig
         from mixvlp_ds.apps.label_efficiency import efficiency_table, label_efficiency
+        from mixvlp_ds.config import load_config
 
         d = out / "label_efficiency"
         with stage("7/7 label efficiency", len(BUDGETS) * 2 * 3, logs / "7-label_efficiency.log",
                    f"pre-trained vs random init at {', '.join(f'{b:g}%' for b in BUDGETS)} of the "
                    "labelled rows"):
-            efficiency = label_efficiency(CONFIGS / FINETUNE_CONFIG, model_dir, d, BUDGETS, 3, args.seed,
+            base = load_config(FinetuneConfig, str(CONFIGS / FINETUNE_CONFIG), [f"seed={args.seed}"])
+            efficiency = label_efficiency(base, model_dir, d, BUDGETS, 3,
                                           reuse={"pretrained": out / "finetune_cls",
                                                  "scratch": out / "finetune_cls_scratch"})
         print(efficiency_table(efficiency))

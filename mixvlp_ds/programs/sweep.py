@@ -46,17 +46,17 @@ PRETRAIN_SCENARIO = {"baseline2": "baseline", "mixup1": "mixup1", "mixup2": "mix
 
 @dataclass
 class SweepConfig:
-    name: str = "sweep"
-    output_dir: str = "runs/sweep"
-    scenarios: list[str] = field(default_factory=lambda: list(SCENARIOS))
-    fractions: list[float] = field(default_factory=lambda: [1, 2, 3, 5, 10, 30, 50, 90, 100])
+    name: str = "sweep"                              # a label for the config's reader; not used in paths
+    output_dir: str = "runs/sweep"                   # <scenario>/P<P>/seed<S>/ cells and the tables
+    scenarios: list[str] = field(default_factory=lambda: list(SCENARIOS))  # Table 2's rows (SCENARIOS)
+    fractions: list[float] = field(default_factory=lambda: [1, 2, 3, 5, 10, 30, 50, 90, 100])  # the P% values
     pretrain_config: str = "configs/tiny_cpu.yaml"   # a RunConfig YAML (launchers/pretrain.py)
-    pretrain_overrides: list[str] = field(default_factory=list)
+    pretrain_overrides: list[str] = field(default_factory=list)   # key=value changes to it
     deepspeed_config: str = ""                       # "" = pre-training's default
     finetune_config: str = ""                        # a FinetuneConfig YAML
-    finetune_overrides: list[str] = field(default_factory=list)
+    finetune_overrides: list[str] = field(default_factory=list)   # key=value changes to it
     tokenizer: str = ""                              # for baseline1 (default: the pre-train config's)
-    metric_rows: list[str] = field(default_factory=lambda: ["img_only"])
+    metric_rows: list[str] = field(default_factory=lambda: ["img_only"])  # fine-tuning rows scored per cell
     seeds: list[int] = field(default_factory=lambda: [0])   # replicates: P% subset + training seeds
     jobs: int = 1                                           # cells run at once, each in a process
     probe: bool = False        # also probe each cell's frozen starting encoder (apps/probe.py)
@@ -173,7 +173,7 @@ def cell_probe(cfg: SweepConfig, ft, percent: float, seed: int) -> dict[str, flo
                    probe.labelled_rows(ft.eval_shards or ft.shards, ft.eval_split, side, space))
             for row, side in PROBE_SIDES.items() if row in cfg.metric_rows}
     kind = f"level{ft.pool_level}" if ft.pool == "level_concat" else "gap"
-    return probe.probe_cell(model, tok, data, percent, seed, image_kind=kind)
+    return probe.probe_cell(model, tok, data, probe.PatientSubset(percent, seed), image_kind=kind)
 
 
 def run_sweep(cfg: SweepConfig) -> dict:

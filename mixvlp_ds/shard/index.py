@@ -22,7 +22,9 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from mixvlp_ds.shard.format import SCHEMA_VERSION
+from mixvlp_ds.labels import label_names
+from mixvlp_ds.shard.format import SCHEMA_VERSION, level_sizes
+from mixvlp_ds.shard.source import RejectLog
 
 INDEX_NAME = "index.json"
 FORMATS = ("wds", "mds")
@@ -68,9 +70,10 @@ def atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def build_index(*, fmt: str, source: str, institution: str, label_space: str, label_names, image_size: int,
-                level_sizes, splits: dict, args: dict, rejects: dict, notes: dict) -> dict:
-    """splits: {split: {"shards": [ShardInfo], "extra_files": [ShardInfo], "num_images", "num_texts"}}."""
+def build_index(opts, source, institution: str, splits: dict, rejects: RejectLog) -> dict:
+    """The index of a finished folder. opts: the run's ShardOptions (format, image size, the options
+    recorded as `args`); source: its name and label space; rejects: the run's counts and notes;
+    splits: {split: {"shards": [ShardInfo], "extra_files": [ShardInfo], "num_images", "num_texts"}}."""
     out_splits, totals = {}, {"num_samples": 0, "num_images": 0, "num_texts": 0, "num_shards": 0, "bytes": 0}
     for split in sorted(splits):
         s = splits[split]
@@ -90,18 +93,18 @@ def build_index(*, fmt: str, source: str, institution: str, label_space: str, la
         totals["num_shards"] += len(shards)
     return {
         "schema_version": SCHEMA_VERSION,
-        "format": fmt,
-        "source": source,
+        "format": opts.format,
+        "source": source.name,
         "institution": institution,
-        "label_space": label_space,
-        "label_names": list(label_names),
-        "image_size": int(image_size),
-        "level_sizes": [int(x) for x in level_sizes],
+        "label_space": source.label_space,
+        "label_names": list(label_names(source.label_space)),
+        "image_size": int(opts.image_size),
+        "level_sizes": [int(x) for x in level_sizes(opts.image_size)],
         "splits": out_splits,
         "totals": totals,
-        "args": args,
-        "rejects": {"total": int(sum(rejects.values())), "by_reason": dict(sorted(rejects.items()))},
-        "notes": dict(sorted(notes.items())),
+        "args": opts.recorded(),
+        "rejects": {"total": int(rejects.total), "by_reason": dict(sorted(rejects.counts.items()))},
+        "notes": dict(sorted(rejects.notes.items())),
     }
 
 

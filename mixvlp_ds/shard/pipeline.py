@@ -25,7 +25,7 @@ from itertools import islice
 from pathlib import Path
 
 from mixvlp_ds import stage_progress
-from mixvlp_ds.labels import is_label_space, label_names
+from mixvlp_ds.labels import is_label_space
 from mixvlp_ds.shard.format import (
     DEFAULT_IMAGE_SIZE,
     META_FIELDS,
@@ -50,14 +50,14 @@ class NothingWrittenError(RuntimeError):
 class ShardOptions:
     """How to write shards. `workers`, `chunksize` and `progress` never change the output bytes."""
 
-    image_size: int = DEFAULT_IMAGE_SIZE
+    image_size: int = DEFAULT_IMAGE_SIZE   # finest pyramid level S in px (levels S, S/2, S/4)
     format: str = "wds"                    # "wds" (tar) or "mds" (mosaicml streaming)
-    shard_max_samples: int = 5000
-    shard_max_bytes: int = 256 * 2**20     # 256 MiB
-    workers: int = 1
+    shard_max_samples: int = 5000          # samples per shard file at most
+    shard_max_bytes: int = 256 * 2**20     # bytes per shard file at most (256 MiB)
+    workers: int = 1                       # decoding processes (1 = in this process)
     chunksize: int = 16                    # records per task sent to a worker
-    progress: bool = False
-    institution: str | None = None
+    progress: bool = False                 # a rich progress bar on the terminal
+    institution: str | None = None         # written into meta.json and keys; None = the source's own
     seed: int = 0                          # recorded in index.json; sources use it for splits/draws
     source_args: dict = field(default_factory=dict)  # the source's options, recorded in index.json
 
@@ -299,11 +299,7 @@ def write_dataset(source, out_dir: str | Path, opts: ShardOptions | None = None)
             f"nothing was written to {out_dir} from source {source.name!r}: expected {expected}. "
             f"Rejected: {by_reason}" + (f"; notes: {notes}" if notes else "")
             + f". Details in {out_dir / REJECTS_NAME}.")
-    index = build_index(
-        fmt=opts.format, source=source.name, institution=institution, label_space=source.label_space,
-        label_names=label_names(source.label_space), image_size=opts.image_size,
-        level_sizes=level_sizes(opts.image_size), splits=split_files, args=opts.recorded(),
-        rejects=dict(rejects.counts), notes=dict(rejects.notes))
+    index = build_index(opts, source, institution, split_files, rejects)
     index_path = write_index(out_dir, index)
     return {
         "out_dir": str(out_dir), "format": opts.format, "source": source.name, "institution": institution,

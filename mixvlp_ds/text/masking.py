@@ -26,14 +26,15 @@ def masked_word_budget(max_len: int, prob: float) -> int:
 
 
 def mask_tokens(input_ids: torch.Tensor, attention_mask: torch.Tensor, *, mask_token_id: int,
-                vocab_size: int, special_token_ids: Iterable[int], prob: float = 0.15,
+                vocab_size: int, special_token_ids: Iterable[int], prob: float,
                 generator: torch.Generator | None = None,
                 budget: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """BERT masking of real tokens.
 
     input_ids, attention_mask: (B, L). Returns (masked_ids (B, L), mlm_labels (B, L)) where
     mlm_labels hold the original id at chosen positions and -100 elsewhere. Special tokens
-    ([CLS], [SEP], [PAD], ...) are never chosen. budget: most chosen per row (default
+    ([CLS], [SEP], [PAD], ...) are never chosen. prob: the model's model.text_mask_ratio (the
+    caller passes it: this module owns no ratio). budget: most chosen per row (default
     masked_word_budget(L, prob))."""
     dev = input_ids.device
     budget = masked_word_budget(input_ids.shape[1], prob) if budget is None else budget

@@ -15,7 +15,10 @@ from pathlib import Path
 
 from transformers import AutoTokenizer, BertTokenizerFast, PreTrainedTokenizerFast
 
-MAX_LENGTH = 150
+# The tokenizer's own `model_max_length` (what transformers warns beyond when a call does not
+# truncate), written into tokenizer_config.json. Not the report length of a batch: that is the
+# model's (model.max_text_len), and every caller passes it to `collate.tokenize`.
+MODEL_MAX_LENGTH = 150
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
@@ -57,7 +60,7 @@ def train_tokenizer(texts: Iterable[str], out_dir: str | Path, vocab_size: int =
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
         special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)])
-    fast = BertTokenizerFast(tokenizer_object=tok, model_max_length=MAX_LENGTH, do_lower_case=True)
+    fast = BertTokenizerFast(tokenizer_object=tok, model_max_length=MODEL_MAX_LENGTH, do_lower_case=True)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     fast.save_pretrained(out_dir)
@@ -71,7 +74,7 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
         raise FileNotFoundError(f"tokenizer directory {path} does not exist (train one with "
                                 f"`python -m mixvlp_ds.text.tokenizer train`)")
     tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-    tok.model_max_length = MAX_LENGTH
+    tok.model_max_length = MODEL_MAX_LENGTH
     return tok
 
 

@@ -71,7 +71,7 @@ def test_the_custom_space_is_recorded_in_the_shards(site_shards):
 
 
 def test_pretrain_finetune_evaluate_in_the_custom_space(site_shards, apps_assets, tmp_path):
-    from mixvlp_ds import evaluate
+    import mixvlp_ds.programs.evaluate as evaluate
     from mixvlp_ds.apps import finetune
     from mixvlp_ds.text.tokenizer import main as tokenizer_main
     from mixvlp_ds.train.pretrain import main as pretrain_main
@@ -86,6 +86,9 @@ def test_pretrain_finetune_evaluate_in_the_custom_space(site_shards, apps_assets
                    "data.paired_percent=100", "train.steps=4", "train.warmup_steps=1", "train.progress=false",
                    f"train.output_dir={tmp_path / 'pre'}", "train.ckpt_every=1000"])
     pre = str(tmp_path / "pre" / "model")
+    # the exported model carries its P% paired subset, which fine-tuning below reads (100%, seed 0)
+    facts = json.loads((tmp_path / "pre" / "model" / "pretraining.json").read_text())
+    assert facts == {"subset_seed": 0, "paired_percent": {"site": 100.0, "other": 100.0}}
     summary = finetune.main(["--task", "cls", "--init", pre, f"shards={site_shards}", "epochs=2",
                              "batch_size=8", f"output_dir={tmp_path / 'ft'}"])
     assert summary["label_space"] == "custom:covid,pneumonia,no_finding"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from mixvlp_ds import evaluate
+import mixvlp_ds.programs.evaluate as evaluate
 from mixvlp_ds.apps import finetune
 from mixvlp_ds.labels import CHEXPERT14
 

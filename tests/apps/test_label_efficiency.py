@@ -8,15 +8,17 @@ from pathlib import Path
 
 import pytest
 
+from mixvlp_ds.apps.finetune import FinetuneConfig
 from mixvlp_ds.apps.label_efficiency import bands_apart, efficiency_table, label_efficiency
+from mixvlp_ds.config import load_config
 from mixvlp_ds.shipped import folder
 
 
 def test_budgets_draws_and_reuse(apps_assets, tmp_path):
     out = tmp_path / "eff"
     config, model = folder("configs") / "finetune_tiny.yaml", Path(apps_assets["model"])
-    table = label_efficiency(config, model, out, budgets=(50.0, 100.0), subsets=2, seed=0,
-                             overrides=["epochs=1", f"shards={apps_assets['shards']}"])
+    cfg = load_config(FinetuneConfig, config, ["epochs=1", f"shards={apps_assets['shards']}"])
+    table = label_efficiency(cfg, model, out, budgets=(50.0, 100.0), subsets=2)
     assert [e["percent"] for e in table] == [50.0, 100.0]
     full = table[1]
     assert full["rows"] == 52 and 0 < table[0]["rows"] < 52            # all 52 train rows; a patient subset
@@ -32,7 +34,8 @@ def test_budgets_draws_and_reuse(apps_assets, tmp_path):
     assert "img_only pre-trained" in md and "50%" in md and md.count("\n") == 3
     # a finished run at 100% stands in for its draw
     reuse = {name: out / name / "P100" / "draw0" for name in ("pretrained", "scratch")}
-    again = label_efficiency(config, model, tmp_path / "eff2", budgets=(100.0,), subsets=1, reuse=reuse)
+    again = label_efficiency(load_config(FinetuneConfig, config), model, tmp_path / "eff2", budgets=(100.0,),
+                             subsets=1, reuse=reuse)
     assert again[0]["pretrained_img"] == pytest.approx(full["pretrained_img_draws"][0])
     assert not (tmp_path / "eff2" / "pretrained").exists()
 

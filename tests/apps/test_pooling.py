@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from mixvlp_ds import evaluate
+import mixvlp_ds.programs.evaluate as evaluate
 from mixvlp_ds.apps import finetune
 from mixvlp_ds.apps.classification import ImagePool
 

@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-from mixvlp_ds import sweep
+import mixvlp_ds.programs.sweep as sweep
 
 
 @pytest.fixture()

@@ -9,13 +9,16 @@ import pytest
 
 from mixvlp_ds.data import DataConfig, SourceSpec, build_pretrain_loader
 from mixvlp_ds.data.ledger import assign, remaining_work
+from mixvlp_ds.model.config import ModelConfig
+
+TINY = ModelConfig.preset("tiny")   # the model the batches are for: 32 px images, as the shards
 
 
 def config(shards, scenario="mixup2", workers=0, **kw):
     sources = [SourceSpec("a", str(shards["a"]))]
     if scenario == "mixup2":
         sources.append(SourceSpec("b", str(shards["b"]), role="image_only"))
-    kw = {"paired_percent": 30, "batch_size": 16, "image_size": 32, "shuffle_buffer": 40, "image_pool": 16,
+    kw = {"paired_percent": 30, "batch_size": 16, "shuffle_buffer": 40, "image_pool": 16,
           "report_pool": 32, "negative_rate": 0.2, **kw}
     return DataConfig(sources=sources, scenario=scenario, num_workers=workers, **kw)
 
@@ -30,7 +33,8 @@ def epoch_of_world(cfg, tokenizer, world, seed=3):
     """One whole epoch of an uninterrupted world: its tuples."""
     out = Counter()
     for rank in range(world):
-        out += tuples(list(build_pretrain_loader(cfg, tokenizer, rank=rank, world_size=world, seed=seed)))
+        loader = build_pretrain_loader(cfg, tokenizer, rank=rank, world_size=world, seed=seed, model=TINY)
+        out += tuples(list(loader))
     return out
 
 
@@ -39,7 +43,7 @@ def run_until(cfg, tokenizer, world, stops, seed=3, states=None):
     returns (the tuples it delivered in the epoch it started in, the loader states)."""
     seen, out_states = Counter(), []
     for rank in range(world):
-        loader = build_pretrain_loader(cfg, tokenizer, rank=rank, world_size=world, seed=seed)
+        loader = build_pretrain_loader(cfg, tokenizer, rank=rank, world_size=world, seed=seed, model=TINY)
         if states is not None:
             loader.load_states(states)
         it, got = iter(loader), []
@@ -58,7 +62,7 @@ def finish(cfg, tokenizer, world, states, seed=3):
     """The new world plays the rest of the interrupted epoch (its first `for`): the tuples."""
     seen = Counter()
     for rank in range(world):
-        loader = build_pretrain_loader(cfg, tokenizer, rank=rank, world_size=world, seed=seed)
+        loader = build_pretrain_loader(cfg, tokenizer, rank=rank, world_size=world, seed=seed, model=TINY)
         loader.load_states(states)
         assert loader.epoch == 0
         seen += tuples(list(loader))
@@ -111,7 +115,7 @@ def test_ranks_in_different_epochs(tiny_shards, tokenizer):
     cfg = config(tiny_shards, "baseline", paired_percent=100, workers=0)
     states, seen = [], {0: Counter(), 1: Counter()}
     for rank, stop in ((0, 9), (1, 3)):  # rank 0: all 8 batches of epoch 0, then 1 of epoch 1
-        loader = build_pretrain_loader(cfg, tokenizer, rank=rank, world_size=2, seed=3)
+        loader = build_pretrain_loader(cfg, tokenizer, rank=rank, world_size=2, seed=3, model=TINY)
         n = 0
         while n < stop:
             epoch = loader.epoch
@@ -128,7 +132,7 @@ def test_ranks_in_different_epochs(tiny_shards, tokenizer):
     assert sorted(work) == [0, 1] and list(work[0][1]) == [1] and set(work[1][1]) == {0, 1}
     assert [len(assign(work, 1)[e]["parts"][0]) for e in (0, 1)] == [1, 2]
     for rank in range(4):
-        loader = build_pretrain_loader(cfg, tokenizer, rank=rank, world_size=4, seed=3)
+        loader = build_pretrain_loader(cfg, tokenizer, rank=rank, world_size=4, seed=3, model=TINY)
         loader.load_states(states)
         seen[0] += tuples(list(loader))
         seen[1] += tuples(list(loader))
@@ -138,7 +142,7 @@ def test_ranks_in_different_epochs(tiny_shards, tokenizer):
         loader.close()
     whole = [Counter(), Counter()]
     for rank in range(2):
-        loader = build_pretrain_loader(cfg, tokenizer, rank=rank, world_size=2, seed=3)
+        loader = build_pretrain_loader(cfg, tokenizer, rank=rank, world_size=2, seed=3, model=TINY)
         whole[0] += tuples(list(loader))
         whole[1] += tuples(list(loader))
     assert seen[0] == whole[0] and seen[1] == whole[1]
@@ -149,8 +153,8 @@ def test_a_changed_source_list_is_refused(tiny_shards, tokenizer):
     _, states = run_until(cfg, tokenizer, 1, [2])
     other = config(tiny_shards, "baseline")
     with pytest.raises(ValueError, match="sources.*on_stream_change"):
-        build_pretrain_loader(other, tokenizer, seed=3).load_states(states)
+        build_pretrain_loader(other, tokenizer, seed=3, model=TINY).load_states(states)
     other.on_stream_change = "restart_epoch"
-    loader = build_pretrain_loader(other, tokenizer, seed=3)
+    loader = build_pretrain_loader(other, tokenizer, seed=3, model=TINY)
     loader.load_states(states)
     assert loader.epoch == 0 and loader.progress == {}

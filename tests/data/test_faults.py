@@ -12,6 +12,9 @@ from mixvlp_ds.data import DataConfig, SourceSpec, build_pretrain_loader
 from mixvlp_ds.data.batch import check_batch
 from mixvlp_ds.data.faults import DataFaultError
 from mixvlp_ds.data.reader import iter_samples
+from mixvlp_ds.model.config import ModelConfig
+
+TINY = ModelConfig.preset("tiny")   # the model the batches are for: 32 px images, as the shards
 
 
 def rewrite_shard(folder, name, edit):
@@ -62,9 +65,9 @@ def damaged(tiny_shards, tmp_path):
 
 def loader_for(folder, tokenizer, limit, workers=0):
     cfg = DataConfig(sources=[SourceSpec("a", str(folder))], scenario="baseline", paired_percent=100,
-                     batch_size=16, image_size=32, num_workers=workers, max_skip_fraction=limit,
+                     batch_size=16, num_workers=workers, max_skip_fraction=limit,
                      min_records_before_abort=50, shuffle_buffer=20)
-    return build_pretrain_loader(cfg, tokenizer)
+    return build_pretrain_loader(cfg, tokenizer, model=TINY)
 
 
 def test_skips_are_counted_and_named(damaged, tokenizer, caplog):

@@ -8,19 +8,22 @@ import torch
 from mixvlp_ds.data import DataConfig, SourceSpec, build_pretrain_loader
 from mixvlp_ds.data.batch import check_batch
 from mixvlp_ds.data.reader import iter_samples
+from mixvlp_ds.model.config import ModelConfig
+
+TINY = ModelConfig.preset("tiny")   # the model the batches are for: 32 px images, as the shards
 
 
 def config(shards, scenario="mixup2", workers=0, **kw):
     sources = [SourceSpec("a", str(shards["a"]))]
     if scenario == "mixup2":
         sources.append(SourceSpec("b", str(shards["b"]), role="image_only"))
-    kw = {"paired_percent": 30, "batch_size": 16, "image_size": 32, "shuffle_buffer": 40, "image_pool": 16,
+    kw = {"paired_percent": 30, "batch_size": 16, "shuffle_buffer": 40, "image_pool": 16,
           "report_pool": 32, **kw}
     return DataConfig(sources=sources, scenario=scenario, num_workers=workers, **kw)
 
 
 def test_batches_follow_the_contract(tiny_shards, tokenizer):
-    loader = build_pretrain_loader(config(tiny_shards), tokenizer)
+    loader = build_pretrain_loader(config(tiny_shards), tokenizer, model=TINY)
     batches = list(loader)
     rows = sum(check_batch(b) for b in batches)
     assert rows == 400 and loader.epoch == 1
@@ -46,7 +49,8 @@ def test_batches_follow_the_contract(tiny_shards, tokenizer):
 
 def test_labels_come_from_the_image_record(tiny_shards, tokenizer):
     truth = {s["key"]: s["labels"] for s in iter_samples(str(tiny_shards["a"]), "train")}
-    for b in build_pretrain_loader(config(tiny_shards, "baseline", paired_percent=100), tokenizer):
+    cfg = config(tiny_shards, "baseline", paired_percent=100)
+    for b in build_pretrain_loader(cfg, tokenizer, model=TINY):
         for k, row in zip(b["key"], b["labels"], strict=True):
             assert torch.equal(torch.nan_to_num(row, 9.0), torch.nan_to_num(torch.from_numpy(truth[k]), 9.0))
 
@@ -56,7 +60,7 @@ def test_ranks_and_workers_read_every_record_once_per_epoch(tiny_shards, tokeniz
     cfg = config(tiny_shards, "baseline", workers=workers, paired_percent=100)
     keys = Counter()
     for rank in range(world):
-        loader = build_pretrain_loader(cfg, tokenizer, rank=rank, world_size=world)
+        loader = build_pretrain_loader(cfg, tokenizer, rank=rank, world_size=world, model=TINY)
         batches = list(loader)
         assert {len(b["key"]) for b in batches} == {cfg.batch_size}  # one shape: short tails are padded
         keys.update(k for b in batches for k in b["key"] if k)    # padding rows have the key ""
@@ -70,16 +74,16 @@ def keys_of(batches):
 @pytest.mark.parametrize("workers,stop", [(0, 7), (2, 5), (2, 12)])
 def test_exact_resume(tiny_shards, tokenizer, workers, stop):
     cfg = config(tiny_shards, workers=workers)
-    ref = build_pretrain_loader(cfg, tokenizer, seed=5)
+    ref = build_pretrain_loader(cfg, tokenizer, seed=5, model=TINY)
     full = list(ref) + list(ref)  # two epochs
-    run = build_pretrain_loader(cfg, tokenizer, seed=5)
+    run = build_pretrain_loader(cfg, tokenizer, seed=5, model=TINY)
     first = []
     for b in run:
         first.append(b)
         if len(first) == stop:
             break
     state = run.state_dict()
-    resumed = build_pretrain_loader(cfg, tokenizer, seed=5)
+    resumed = build_pretrain_loader(cfg, tokenizer, seed=5, model=TINY)
     resumed.load_state_dict(state)
     rest = list(resumed) + list(resumed)
     assert keys_of(first + rest) == keys_of(full)
@@ -88,29 +92,29 @@ def test_exact_resume(tiny_shards, tokenizer, workers, stop):
 
 
 def test_epochs_differ(tiny_shards, tokenizer):
-    loader = build_pretrain_loader(config(tiny_shards), tokenizer)
+    loader = build_pretrain_loader(config(tiny_shards), tokenizer, model=TINY)
     assert keys_of(list(loader)) != keys_of(list(loader))
 
 
 def test_world_size_change_policy(tiny_shards, tokenizer):
     """The other policies (exact, the default, is tests/data/test_elastic.py)."""
     cfg = config(tiny_shards, on_world_size_change="restart_epoch")
-    loader = build_pretrain_loader(cfg, tokenizer)
+    loader = build_pretrain_loader(cfg, tokenizer, model=TINY)
     it = iter(loader)
     next(it)
     state = loader.state_dict()
-    other = build_pretrain_loader(cfg, tokenizer, rank=0, world_size=2)
+    other = build_pretrain_loader(cfg, tokenizer, rank=0, world_size=2, model=TINY)
     with pytest.raises(ValueError, match="load_states"):  # one rank cannot say where the others are
         other.load_state_dict(state)
     other.load_states([state])
     assert other.epoch == 0 and other.progress == {} and other.plan == {}
     cfg.on_world_size_change = "next_epoch"
-    other = build_pretrain_loader(cfg, tokenizer, rank=1, world_size=2)
+    other = build_pretrain_loader(cfg, tokenizer, rank=1, world_size=2, model=TINY)
     other.load_states([state])
     assert other.epoch == 1 and other.plan == {}
     cfg.on_world_size_change = "error"
     with pytest.raises(ValueError, match="world_size"):
-        build_pretrain_loader(cfg, tokenizer, rank=0, world_size=2).load_states([state])
+        build_pretrain_loader(cfg, tokenizer, rank=0, world_size=2, model=TINY).load_states([state])
 
 
 def test_a_dropped_loader_stops_its_workers_at_once(tiny_shards, tokenizer):
@@ -123,7 +127,7 @@ def test_a_dropped_loader_stops_its_workers_at_once(tiny_shards, tokenizer):
     cfg = config(tiny_shards, workers=2)
     gc.disable()
     try:
-        loader = build_pretrain_loader(cfg, tokenizer, seed=5)
+        loader = build_pretrain_loader(cfg, tokenizer, seed=5, model=TINY)
         it = iter(loader)
         next(it)
         workers = list(loader._dataloader._iterator._workers)
@@ -137,6 +141,6 @@ def test_a_dropped_loader_stops_its_workers_at_once(tiny_shards, tokenizer):
         assert not any(w.is_alive() for w in workers)
     finally:
         gc.enable()
-    with build_pretrain_loader(cfg, tokenizer, seed=5) as again:
+    with build_pretrain_loader(cfg, tokenizer, seed=5, model=TINY) as again:
         assert len(list(again)) > 0
     assert again._dataloader is None

@@ -10,6 +10,9 @@ from mixvlp_ds.data import s3 as data_s3
 from mixvlp_ds.data.batch import check_batch
 from mixvlp_ds.data.faults import DataFaultError, FaultCounter
 from mixvlp_ds.data.reader import ShardRef, iter_samples, iter_shard
+from mixvlp_ds.model.config import ModelConfig
+
+TINY = ModelConfig.preset("tiny")   # the model the batches are for: 32 px images, as the shards
 
 
 @pytest.fixture
@@ -21,11 +24,10 @@ def test_loader_reads_s3_like_local(s3_shards, tiny_shards, tokenizer):
     def cfg(uris, workers):
         return DataConfig(sources=[SourceSpec("a", str(uris["a"])),
                                    SourceSpec("b", str(uris["b"]), role="image_only")],
-                          scenario="mixup2", paired_percent=30, batch_size=16, image_size=32,
-                          num_workers=workers)
+                          scenario="mixup2", paired_percent=30, batch_size=16, num_workers=workers)
 
-    local = [b["key"] for b in build_pretrain_loader(cfg(tiny_shards, 0), tokenizer)]
-    remote = build_pretrain_loader(cfg(s3_shards, 2), tokenizer)
+    local = [b["key"] for b in build_pretrain_loader(cfg(tiny_shards, 0), tokenizer, model=TINY)]
+    remote = build_pretrain_loader(cfg(s3_shards, 2), tokenizer, model=TINY)
     batches = list(remote)
     assert sum(check_batch(b) for b in batches) == 400
     assert sorted(k for keys in local for k in keys if k) == sorted(k for b in batches for k in b["key"] if k)
@@ -92,10 +94,9 @@ def test_server_down_briefly_is_retried(s3_server, s3_shards, tiny_shards):
 
 def test_server_down_for_good_fails_shards_then_aborts(s3_server, s3_shards, tokenizer):
     cfg = DataConfig(sources=[SourceSpec("a", s3_shards["a"])], scenario="baseline", batch_size=16,
-                     image_size=32,
                      num_workers=0, s3_retries=2, s3_backoff=0.01, max_skip_fraction=0.05,
                      min_records_before_abort=20)
-    loader = build_pretrain_loader(cfg, tokenizer)  # index.json read while the server is up
+    loader = build_pretrain_loader(cfg, tokenizer, model=TINY)  # index.json read while the server is up
     s3_server.stop()
     try:
         faults = FaultCounter(max_skip_fraction=1.0)

@@ -14,6 +14,7 @@ from PIL import Image
 from mixvlp_ds.labels import CXR14
 from mixvlp_ds.shard.source import InputLayoutError, RejectLog
 from mixvlp_ds.shard.sources import nih
+from mixvlp_ds.shard.sources._files import SplitRule
 from mixvlp_ds.shard.sources.nih import NIHSource, expand_header
 
 V2020_HEADER = ("Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
@@ -75,7 +76,7 @@ def test_real_split_is_patient_level_and_deterministic(real, shared_data):
 
 def test_chexnet_split_lists(shared_data):
     nih_dir = shared_data / "nih_cxr14"
-    items, _ = listing(NIHSource(nih_dir, split_lists=nih_dir / "chexnet_split"))
+    items, _ = listing(NIHSource(nih_dir, split=SplitRule(nih_dir / "chexnet_split")))
     assert len(items) == 621 and {it.meta["split"] for it in items} == {"test"}  # all in CheXNet's test split
 
 

@@ -14,6 +14,7 @@ from PIL import Image
 from mixvlp_ds.labels import CXR14
 from mixvlp_ds.shard.source import InputLayoutError, RejectLog
 from mixvlp_ds.shard.sources import openi
+from mixvlp_ds.shard.sources._files import SplitRule
 from mixvlp_ds.shard.sources.openi import OpenISource, mesh_labels
 from mixvlp_ds.text.sections import extract_report
 
@@ -33,7 +34,7 @@ def openi_dir(shared_data):
 @pytest.fixture(scope="module")
 def gold_listing(openi_dir):
     return listing(OpenISource(openi_dir / "NLMCXR_reports.tgz", labels=openi_dir / "openi_gld_std14.csv",
-                               test_ids=openi_dir / "openi-testset.txt"))
+                               split=SplitRule(openi_dir / "openi-testset.txt")))
 
 
 @pytest.fixture(scope="module")

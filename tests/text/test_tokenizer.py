@@ -7,7 +7,7 @@ import tarfile
 import pytest
 from transformers import AutoTokenizer
 
-from mixvlp_ds.text.tokenizer import MAX_LENGTH, load_tokenizer, main, train_tokenizer
+from mixvlp_ds.text.tokenizer import MODEL_MAX_LENGTH, load_tokenizer, main, train_tokenizer
 
 REPORTS = [
     "The heart size is normal. No focal consolidation, pleural effusion or pneumothorax.",
@@ -33,7 +33,7 @@ def test_train_save_and_load_offline(tmp_path):
 def test_max_length_150(tmp_path):
     train_tokenizer(REPORTS, tmp_path / "tok", vocab_size=200, min_frequency=1)
     tok = load_tokenizer(tmp_path / "tok")
-    assert tok.model_max_length == MAX_LENGTH == 150
+    assert tok.model_max_length == MODEL_MAX_LENGTH == 150
     enc = tok(" ".join(REPORTS), truncation=True, padding="max_length")
     assert len(enc["input_ids"]) == 150 and enc["input_ids"][-1] == tok.sep_token_id
     with pytest.raises(FileNotFoundError, match="does not exist"):

@@ -10,6 +10,7 @@ import gzip
 import hashlib
 import io
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from mixvlp_ds.shard.source import InputLayoutError
@@ -96,6 +97,26 @@ def check_fractions(val_fraction: float, test_fraction: float) -> None:
     if not (0 <= val_fraction <= 1 and 0 <= test_fraction <= 1 and val_fraction + test_fraction <= 1):
         raise ValueError(f"split fractions val={val_fraction}, test={test_fraction}: each must be in "
                          f"[0, 1] and their sum at most 1")
+
+
+@dataclass(frozen=True)
+class SplitRule:
+    """How a real source assigns its records to train / val / test: the split lists published with
+    the data where given, else a hash of the patient id (no patient in two splits) with these shares."""
+
+    lists: str | Path | None = None   # nih: folder of <split>_list.txt; openi: file of test ids; csv: none
+    val_fraction: float = 0.1         # hash split: the share of patients in val
+    test_fraction: float = 0.2        # hash split: the share of patients in test
+
+    def __post_init__(self) -> None:
+        check_fractions(self.val_fraction, self.test_fraction)
+
+    def hashed(self, ident: str) -> str:
+        """The hash split of a patient id."""
+        return hash_split(ident, self.val_fraction, self.test_fraction)
+
+
+HASH_SPLIT = SplitRule()   # the sources' default: no lists, 10% val, 20% test
 
 
 def parse_label(value: str) -> int | None:

@@ -40,7 +40,7 @@ from pathlib import Path
 from mixvlp_ds.labels import LABEL_SPACES, custom_label_space, label_names
 from mixvlp_ds.shard.format import make_key
 from mixvlp_ds.shard.source import InputLayoutError, RejectLog, SourceItem
-from mixvlp_ds.shard.sources._files import check_fractions, hash_split, parse_label, read_report
+from mixvlp_ds.shard.sources._files import HASH_SPLIT, SplitRule, parse_label, read_report
 from mixvlp_ds.text.sections import clean_text, extract_report, split_sections
 
 HELP = ("Your own data: a CSV manifest with image (path relative to the manifest), report or report_file, "
@@ -91,7 +91,7 @@ def build(args: argparse.Namespace) -> CSVManifestSource:
         raise InputLayoutError("--source csv needs --csv-manifest FILE")
     return CSVManifestSource(args.csv_manifest, label_space=label_space_of(args),
                              ignore_extra_columns=args.csv_ignore_extra_columns,
-                             val_fraction=args.csv_val_fraction, test_fraction=args.csv_test_fraction,
+                             split=SplitRule(None, args.csv_val_fraction, args.csv_test_fraction),
                              institution=args.institution, allow_roots=args.csv_allow_root)
 
 
@@ -104,7 +104,7 @@ class CSVManifestSource:
     name = "csv"
 
     def __init__(self, manifest: str | Path, label_space: str = "chexpert14",
-                 ignore_extra_columns: bool = False, val_fraction: float = 0.1, test_fraction: float = 0.2,
+                 ignore_extra_columns: bool = False, split: SplitRule = HASH_SPLIT,
                  institution: str | None = None, allow_roots: list[str | Path] = ()):
         self.manifest = Path(manifest)
         if not self.manifest.is_file():
@@ -112,8 +112,10 @@ class CSVManifestSource:
         label_names(label_space)  # ValueError naming the known spaces
         self.label_space = label_space
         self.ignore_extra_columns = ignore_extra_columns
-        check_fractions(val_fraction, test_fraction)
-        self.val_fraction, self.test_fraction = val_fraction, test_fraction
+        if split.lists is not None:
+            raise ValueError(f"csv source: split lists {split.lists} are not read; the manifest's split "
+                             f"column gives each row's split (blank: the patient hash)")
+        self.split = split
         self.institution = institution or self.name
         self.folder = self.manifest.parent
         self.roots = [self.folder.resolve()] + [Path(r).resolve() for r in allow_roots]
@@ -217,7 +219,7 @@ class CSVManifestSource:
                 rejects.reject("duplicate_key", file=where, key=key)
                 continue
             split = SPLITS.get(row.get("split", "").lower()) if row.get("split") else \
-                hash_split(patient, self.val_fraction, self.test_fraction)
+                self.split.hashed(patient)
             if split is None:
                 rejects.reject("unknown_split", file=where, key=key,
                                detail=f"{row['split']!r}; expected train, val (validate) or test")

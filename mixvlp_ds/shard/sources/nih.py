@@ -32,7 +32,7 @@ from pathlib import Path
 from mixvlp_ds.labels import CXR14
 from mixvlp_ds.shard.format import make_key
 from mixvlp_ds.shard.source import InputLayoutError, RejectLog, SourceItem
-from mixvlp_ds.shard.sources._files import check_fractions, csv_rows, hash_fraction, hash_split
+from mixvlp_ds.shard.sources._files import HASH_SPLIT, SplitRule, csv_rows, hash_fraction
 
 HELP = ("NIH ChestX-ray14 as published (Data_Entry_2017*.csv + images*/ folders): image-only, "
         "cxr14 labels from 'Finding Labels', official or patient-hash split; images absent from disk "
@@ -57,9 +57,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def build(args: argparse.Namespace) -> NIHSource:
     if not args.nih_dir:
         raise InputLayoutError("--source nih needs --nih-dir DIR (the folder holding Data_Entry_2017*.csv)")
-    return NIHSource(args.nih_dir, metadata=args.nih_metadata, image_glob=args.nih_images,
-                     split_lists=args.nih_split_lists, val_fraction=args.nih_val_fraction,
-                     test_fraction=args.nih_test_fraction, institution=args.institution)
+    split = SplitRule(args.nih_split_lists, args.nih_val_fraction, args.nih_test_fraction)
+    return NIHSource(args.nih_dir, metadata=args.nih_metadata, image_glob=args.nih_images, split=split,
+                     institution=args.institution)
 
 
 def expand_header(cells: list[str]) -> list[str]:
@@ -95,8 +95,7 @@ class NIHSource:
     label_space = "cxr14"
 
     def __init__(self, root: str | Path, metadata: str | Path | None = None, image_glob: str = "images*",
-                 split_lists: str | Path | None = None, val_fraction: float = 0.1,
-                 test_fraction: float = 0.2, institution: str | None = None):
+                 split: SplitRule = HASH_SPLIT, institution: str | None = None):
         self.root = Path(root)
         if not self.root.is_dir():
             raise InputLayoutError(f"NIH folder {self.root} does not exist")
@@ -107,9 +106,8 @@ class NIHSource:
         if not self.image_dirs:
             raise InputLayoutError(f"{self.root}: no image folder matching {image_glob!r}; expected "
                                    f"images/, images_001/images/ or images_512/ next to the metadata CSV")
-        check_fractions(val_fraction, test_fraction)
-        self.split_lists = Path(split_lists) if split_lists else None
-        self.val_fraction, self.test_fraction = val_fraction, test_fraction
+        self.split = split   # lists: a folder of CheXNet-style train/val/test_list.txt
+        self.split_lists = Path(split.lists) if split.lists else None
         self.institution = institution or self.name
         # Shown by the pipeline when nothing could be written.
         self.expected = (f"images named by the 'Image Index' of {self.metadata.name} (e.g. 00000001_000.png, "
@@ -202,14 +200,14 @@ class NIHSource:
             patient = row[col["Patient ID"]].strip()
             patient = f"{int(patient):08d}" if patient.isdigit() else patient
             if split_by_image is None:
-                split = hash_split(patient, self.val_fraction, self.test_fraction)
+                split = self.split.hashed(patient)
             else:
                 split = split_by_image.get(image)
                 if split is None:
                     rejects.reject("not_in_split_lists", file=str(self.metadata), key=image)
                     continue
                 if split == "train_val":
-                    split = "val" if hash_fraction(patient) < self.val_fraction else "train"
+                    split = "val" if hash_fraction(patient) < self.split.val_fraction else "train"
             stem = os.path.splitext(image)[0]
             yield SourceItem(
                 key=make_key(self.institution, stem),

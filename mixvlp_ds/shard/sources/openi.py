@@ -33,7 +33,7 @@ from pathlib import Path
 from mixvlp_ds.labels import CXR14
 from mixvlp_ds.shard.format import make_key
 from mixvlp_ds.shard.source import InputLayoutError, RejectLog, SourceItem
-from mixvlp_ds.shard.sources._files import check_fractions, csv_dicts, csv_rows, hash_split, parse_label
+from mixvlp_ds.shard.sources._files import HASH_SPLIT, SplitRule, csv_dicts, csv_rows, parse_label
 from mixvlp_ds.text.sections import extract_report
 
 HELP = ("OpenI/IU ecgen-radiology XML reports (NLMCXR_reports.tgz or a folder of XML) + optional PNG folder: "
@@ -86,10 +86,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def build(args: argparse.Namespace) -> OpenISource:
     if not args.openi_reports:
         raise InputLayoutError("--source openi needs --openi-reports (NLMCXR_reports.tgz or an XML folder)")
+    split = SplitRule(args.openi_test_ids, args.openi_val_fraction, args.openi_test_fraction)
     return OpenISource(args.openi_reports, images=args.openi_images, views=args.openi_views,
-                       labels=args.openi_labels, test_ids=args.openi_test_ids,
-                       val_fraction=args.openi_val_fraction, test_fraction=args.openi_test_fraction,
-                       institution=args.institution)
+                       labels=args.openi_labels, split=split, institution=args.institution)
 
 
 def image_key(image_id: str) -> str:
@@ -129,8 +128,7 @@ class OpenISource:
     label_space = "cxr14"
 
     def __init__(self, reports: str | Path, images: str | Path | None = None, views: str | Path | None = None,
-                 labels: str | Path = "mesh", test_ids: str | Path | None = None, val_fraction: float = 0.1,
-                 test_fraction: float = 0.2, institution: str | None = None):
+                 labels: str | Path = "mesh", split: SplitRule = HASH_SPLIT, institution: str | None = None):
         self.reports = Path(reports)
         if self.reports.is_dir() and (self.reports / "ecgen-radiology").is_dir():
             self.reports = self.reports / "ecgen-radiology"
@@ -143,9 +141,8 @@ class OpenISource:
             raise InputLayoutError(f"--openi-images {self.images} is not a folder")
         self.views = Path(views) if views else None
         self.labels = labels if str(labels) == "mesh" else Path(labels)
-        self.test_ids = Path(test_ids) if test_ids else None
-        check_fractions(val_fraction, test_fraction)
-        self.val_fraction, self.test_fraction = val_fraction, test_fraction
+        self.split = split   # lists: a file of the report ids (CXRn) forming the test split
+        self.test_ids = Path(split.lists) if split.lists else None
         self.institution = institution or self.name
         self.expected = ("ecgen-radiology XML reports with FINDINGS or IMPRESSION text, or images named by "
                          "parentImage id")
@@ -255,7 +252,7 @@ class OpenISource:
             if test_ids is not None:
                 split = "test" if uid in test_ids else "train"
             else:
-                split = hash_split(uid, self.val_fraction, self.test_fraction)
+                split = self.split.hashed(uid)
             meta = {"institution": self.institution, "patient_id": uid, "study_id": uid,
                     "view": views.get(image_key(image_id), "") if image_id else "", "split": split}
             if image_path is None:
