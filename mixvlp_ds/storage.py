@@ -44,6 +44,8 @@ def endpoint_url(explicit: str | None = None) -> str | None:
 
 
 _shared: dict = {"factory": None, "lock": threading.Lock()}
+# a process forked while another thread (an uploader) held the lock would wait on it forever
+os.register_at_fork(after_in_child=lambda: _shared.update(lock=threading.Lock()))
 
 
 def s3_client(endpoint: str | None = None, max_attempts: int = 8, connect_timeout: float = 5.0,

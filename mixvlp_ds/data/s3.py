@@ -13,21 +13,24 @@ import io
 import logging
 import time
 
-from mixvlp_ds.storage import parse_s3_uri, s3_client
+from mixvlp_ds.storage import endpoint_url, parse_s3_uri, s3_client
 
 log = logging.getLogger(__name__)
 
-_CLIENTS: dict[int, object] = {}  # one boto3 client per process: clients are not fork-safe
+_CLIENTS: dict[tuple, object] = {}  # (pid, endpoint) -> client: clients are not fork-safe
 
 
 def client():
     import os
 
-    pid = os.getpid()
-    if pid not in _CLIENTS:
+    # one per process and endpoint; from the process's shared boto3 session, which a loader worker
+    # inherits warm from its parent (a new session per worker cost 0.11-0.25 CPU-s at its start,
+    # 0.016 s shared: benchmarks/data_bench.py, real NIH from S3, first epoch 617 -> 776 samples/CPU-s)
+    key = (os.getpid(), endpoint_url())
+    if key not in _CLIENTS:
         _CLIENTS.clear()
-        _CLIENTS[pid] = s3_client(max_attempts=2, connect_timeout=3.0, read_timeout=20.0)
-    return _CLIENTS[pid]
+        _CLIENTS[key] = s3_client(max_attempts=2, connect_timeout=3.0, read_timeout=20.0, shared=True)
+    return _CLIENTS[key]
 
 
 class S3ReadError(OSError):
