@@ -7,7 +7,8 @@ same batches, in one process and one run.
 
 project: what `launchers/pretrain.py` runs: `pretrain.build` (model, loader with worker processes
          drawing the word and patch masks), `build_engine` with the shipped DeepSpeed config,
-         `maybe_compile` (train.compile), the training loop `train()` with its device-side meter.
+         `maybe_compile` (train.compile), the Trainer's step (`Trainer.train_step`, the loop of
+         `Trainer.fit` without its log lines and checkpoints) with its device-side meter.
 plain:   the same initial weights and the same batches (taken from the same loader beforehand, held
          in host memory, moved to the device each step as the project does), torch.optim.AdamW (fused
          on CUDA), gradient clipping as configured, bf16 autocast on CUDA; no DeepSpeed, no loader.
@@ -123,12 +124,13 @@ class Clock:
 
 
 def project_run(args, run, info, ds_path: Path, compiled: bool) -> dict:
-    """The launcher's path: build, build_engine, maybe_compile, the Trainer and its loop (no
+    """The launcher's path: build, build_engine, maybe_compile, the Trainer's steps (no log lines or
     checkpoints: they are not part of a step)."""
     import tempfile
 
     from mixvlp_ds.train.ds_config import load_ds_config
     from mixvlp_ds.train.engine import build_engine
+    from mixvlp_ds.train.loop import batches_forever
     from mixvlp_ds.train.pretrain import build, maybe_compile, precision_support
     from mixvlp_ds.train.trainer import Trainer
 
@@ -141,13 +143,17 @@ def project_run(args, run, info, ds_path: Path, compiled: bool) -> dict:
     maybe_compile(engine, run.train, info.device, lambda m: None)
     trainer = Trainer(run, info, engine, loader)
     clock = Clock(args.warmup, args.steps, info.device.type == "cuda")
-
-    def on_step(st) -> None:
-        if st.step == run.train.steps:
-            trainer.meter.read()  # the one host read of the losses: the run's last step
-        clock(st.step)
-
-    trainer.fit(on_step)
+    batches = batches_forever(loader)
+    engine.train()
+    try:  # Trainer.fit's loop, with the clock where fit logs and checkpoints
+        while trainer.state.step < run.train.steps:
+            if trainer.train_step(next(batches)) == "applied":
+                if trainer.state.step == run.train.steps:
+                    trainer.meter.read()  # the one host read of the losses: the run's last step
+                clock(trainer.state.step)
+    finally:
+        batches.close()
+        loader.close()
     precision = "bf16" if ds["bf16"]["enabled"] else "fp16" if ds["fp16"]["enabled"] else "fp32"
     return {"windows": clock.windows(), "precision": precision}
 

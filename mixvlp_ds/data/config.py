@@ -80,7 +80,7 @@ class DataConfig:
     sources: list[SourceSpec] = field(default_factory=list)   # the institutions' shards (SourceSpec)
     scenario: Scenario = "baseline"  # how the sources are mixed (resolve_sources)
     paired_percent: float = 100.0   # P: share of patients kept truly paired (subset.py), per paired source
-    subset_seed: int = 0            # the P% subset's seed (exported in pretraining.json: fine-tuning reads it)
+    subset_seed: int = 0            # the P% subset's seed (in pretraining.json: fine-tuning reads it)
     negative_rate: float = 0.0      # share of truly paired records re-paired anyway (pair=0)
     batch_size: int = 64            # rows per batch, per rank
     num_workers: int = 2            # dataloader worker processes per rank (0 = in the main process)

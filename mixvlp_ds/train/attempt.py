@@ -35,7 +35,7 @@ import torch.distributed as dist
 
 from mixvlp_ds.config import ConfigError
 from mixvlp_ds.storage import s3_client
-from mixvlp_ds.train.checkpoint_store import CheckpointUploader, tag_for
+from mixvlp_ds.train.checkpoint_store import AttemptRank, CheckpointUploader, UploadPolicy, tag_for
 from mixvlp_ds.train.s3sync import FencedError, PreflightError, S3Checkpoints
 
 
@@ -101,9 +101,8 @@ def open_uploader(run, info, root: Path, log) -> CheckpointUploader:
     taken (collective). Raises PreflightError naming the URI and the rank."""
     t = run.train
     attempt = new_attempt_id(info.device)
-    uploader = CheckpointUploader(root, t.ckpt_uri, info.rank, info.world_size, t.keep_last,
-                                  backoff=t.upload_backoff, upload_timeout=t.upload_timeout,
-                                  log=lambda m: print(m, file=sys.stderr, flush=True), attempt=attempt)
+    uploader = CheckpointUploader(root, t.ckpt_uri, AttemptRank(info.rank, info.world_size, attempt),
+                                  UploadPolicy.of(t), log=lambda m: print(m, file=sys.stderr, flush=True))
     error = None
     try:
         uploader.preflight(t.preflight_timeout)

@@ -1,19 +1,22 @@
 """The checkpoint manager: owns the checkpoints of one run, after torchtitan's CheckpointManager.
 
-    checkpoints = CheckpointManager(run, info, ds_config)   # with train.ckpt_uri: this attempt on S3
-    checkpoints.resume(trainer)          # --resume: find, verify and load a committed checkpoint
-    checkpoints.maybe_save(trainer)      # every train.ckpt_every steps and at the last one
+    checkpoints = CheckpointManager(run, info, ds_config, states=trainer)  # and this attempt's S3 hold
+    checkpoints.resume()                 # --resume: find, verify and load() a committed checkpoint
+    checkpoints.maybe_save(step)         # every train.ckpt_every steps and at the last one
     checkpoints.wait_for_upload()        # the pending upload, also when the run failed
-    checkpoints.finish(trainer)          # the final checkpoint's commit decides the exit status
+    checkpoints.finish(step)             # the final checkpoint's commit decides the exit status
 
 It decides WHEN (the interval, the end), WHERE (`<output_dir>/checkpoints/step_XXXXXXXX/`, mirrored
-to S3 by the attempt's uploader with the commit protocol of checkpoint_store / s3sync) and WHAT: a
-checkpoint is DeepSpeed's `save_checkpoint` of the engine (model, optimizer shards, LR schedule),
-per rank `rank_<r>.pt` = `trainer.state_dict()` (data pipeline, RNG streams, loop counters), and
-from rank 0 the resolved run config, the filled DeepSpeed config and the tokenizer; with
-train.elastic also `elastic/` (train/universal.py). Restoring all of it in a fresh process with the
-same world size reproduces the uninterrupted run's losses; another world size, ZeRO stage or
-precision loads `elastic/` and every rank's loader state (data/ledger.py).
+to S3 by the attempt's uploader with the commit protocol of checkpoint_store / s3sync) and WHAT of
+the stateful parts it was given (`states`, the Trainer): DeepSpeed's `save_checkpoint` of
+`states.engine` (model, optimizer shards, LR schedule), per rank `rank_<r>.pt` =
+`states.state_dict()` (data pipeline, RNG streams, loop counters), and from rank 0 the resolved run
+config, the filled DeepSpeed config and the tokenizer; with train.elastic also `elastic/`
+(train/universal.py). `load()` takes one of two paths: exact (the layout that wrote it: DeepSpeed's
+own files), which in a fresh process with the same world size reproduces the uninterrupted run's
+losses; or elastic (another world size, ZeRO stage or precision: `elastic/`). Either way the parts
+then take every rank's `rank_<r>.pt` (`states.load_state_dict`: the loader finishes the interrupted
+epochs on another world, data/ledger.py).
 Retention keeps the newest train.keep_last committed checkpoints (never one still uploading).
 """
 
@@ -25,6 +28,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 import torch
 import torch.distributed as dist
@@ -85,11 +89,23 @@ class Layout:
                          if getattr(self, k) != getattr(now, k))
 
 
+class Stateful(Protocol):
+    """What a CheckpointManager saves and loads (the Trainer is one)."""
+
+    engine: Any   # the DeepSpeed engine: DeepSpeed's own checkpoint files, and elastic/
+
+    def state_dict(self) -> dict:
+        """This rank's rank_<r>.pt."""
+
+    def load_state_dict(self, states: list[dict]) -> None:
+        """Every rank's rank_<r>.pt of a checkpoint, in rank order (of the world that saved it)."""
+
+
 class CheckpointManager:
-    def __init__(self, run, info, ds_config: dict):
+    def __init__(self, run, info, ds_config: dict, states: Stateful):
         """With train.ckpt_uri this opens the attempt's hold on S3 first (a collective: preflight
         on every rank, then the lease), so an unusable prefix stops the run before it trains."""
-        self.run, self.info, self.ds_config = run, info, ds_config
+        self.run, self.info, self.ds_config, self.states = run, info, ds_config, states
         self.out_dir = Path(run.train.output_dir)
         self.root = self.out_dir / "checkpoints"
         self.root.mkdir(parents=True, exist_ok=True)
@@ -105,40 +121,62 @@ class CheckpointManager:
         t = self.run.train
         return step % t.ckpt_every == 0 or step == t.steps
 
-    def maybe_save(self, trainer) -> str | None:
-        return self.save(trainer) if self.due(trainer.state.step) else None
+    def maybe_save(self, step: int) -> str | None:
+        return self.save(step) if self.due(step) else None
 
-    def save(self, trainer) -> str:
-        """Collective: every rank calls it at the same step. Returns the tag."""
-        info, t, step = self.info, self.run.train, trainer.state.step
-        tag, root, uploader = tag_for(step), self.root, self.uploader
+    def save(self, step: int) -> str:
+        """Collective: every rank calls it at the same step. Returns the tag. In this order: whether
+        to upload, the snapshot of this rank's state, the files, the local commit, the upload."""
+        tag = tag_for(step)
         # the final checkpoint's upload_timeout counts from now, the wait for a pending upload
         # included: a run whose S3 stopped answering exits within upload_timeout of its last step
-        final_deadline = time.time() + t.upload_timeout if step == t.steps else None
-        upload = uploader is not None
-        if uploader is not None:
-            check_fenced(uploader, info.device)  # a newer attempt owns the prefix: stop here, on every rank
-            # bounded uploads, decided together so that all ranks wait, or all skip; the final one is
-            # always uploaded (its commit decides the run's exit status)
-            busy = _all_reduce(float(uploader.busy()), dist.ReduceOp.MAX, info.device) > 0
-            if busy and t.upload_busy == "skip" and step < t.steps:
-                upload = False
-                self.log(f"WARNING: checkpoint {uploader.pending_tag} is still uploading; {tag} is saved "
-                         f"locally but NOT uploaded (train.upload_busy=skip)")
-            elif busy:
-                self.log(f"[checkpoint] waiting for the upload of {uploader.pending_tag} before saving {tag}")
-                uploader.wait()
+        deadline = time.time() + self.run.train.upload_timeout if step == self.run.train.steps else None
+        upload = self._upload_slot(step, tag)
+        snapshot = self.states.state_dict()
+        self._write(tag, snapshot)
+        self._commit(tag)
+        if upload:
+            self.uploader.submit(tag, {"world_size": self.info.world_size}, deadline=deadline)
+        return tag
+
+    def _upload_slot(self, step: int, tag: str) -> bool:
+        """Whether this checkpoint is uploaded, once the pending upload is done or skipped. Stops every
+        rank when a newer attempt owns the prefix."""
+        uploader, t = self.uploader, self.run.train
+        if uploader is None:
+            return False
+        check_fenced(uploader, self.info.device)  # a newer attempt owns the prefix: stop here, on every rank
+        # bounded uploads, decided together so that all ranks wait, or all skip; the final one is
+        # always uploaded (its commit decides the run's exit status)
+        busy = _all_reduce(float(uploader.busy()), dist.ReduceOp.MAX, self.info.device) > 0
+        if busy and t.upload_busy == "skip" and step < t.steps:
+            self.log(f"WARNING: checkpoint {uploader.pending_tag} is still uploading; {tag} is saved "
+                     f"locally but NOT uploaded (train.upload_busy=skip)")
+            return False
+        if busy:
+            self.log(f"[checkpoint] waiting for the upload of {uploader.pending_tag} before saving {tag}")
+            uploader.wait()
+        return True
+
+    def _write(self, tag: str, snapshot: dict) -> None:
+        """Every rank writes its files of the checkpoint: DeepSpeed's, its elastic/ share, rank_<r>.pt;
+        rank 0 also the run config, the DeepSpeed config and the tokenizer."""
+        info, root, engine = self.info, self.root, self.states.engine
         if info.local_rank == 0 and (root / tag).exists():  # left by a killed run: never mix two runs' files
             shutil.rmtree(root / tag)
         dist.barrier()
-        trainer.engine.save_checkpoint(str(root), tag=tag, client_state={"step": step}, save_latest=False)
-        if self.elastic(trainer.engine):
-            save_elastic(trainer.engine, root / tag, info.rank, info.world_size)
-        torch.save(trainer.state_dict(), root / tag / f"rank_{info.rank:05d}.pt")
+        engine.save_checkpoint(str(root), tag=tag, client_state={"step": step_of(tag)}, save_latest=False)
+        if self.elastic():
+            save_elastic(engine, root / tag, info.rank, info.world_size)
+        torch.save(snapshot, root / tag / f"rank_{info.rank:05d}.pt")
         if info.is_main:
             (root / tag / "run_config.yaml").write_text(yaml.safe_dump(to_dict(self.run), sort_keys=False))
             (root / tag / "ds_config.json").write_text(json.dumps(self.ds_config, indent=1))
             shutil.copytree(self.run.tokenizer, root / tag / "tokenizer")
+
+    def _commit(self, tag: str) -> None:
+        """COMMITTED and `latest` on each node, then local retention (never of a tag still uploading)."""
+        info, root, uploader = self.info, self.root, self.uploader
         # every rank hashes the files it wrote, in parallel (the gather is the barrier); the node's
         # local rank 0 writes COMMITTED with those sha256s once this node's copy is complete
         own = [p for p in list_files(root / tag) if owner_rank(p) == info.rank]
@@ -151,16 +189,13 @@ class CheckpointManager:
         oldest = _all_reduce(step_of(pending) if pending else float("inf"), dist.ReduceOp.MIN, info.device)
         if info.local_rank == 0:
             protect = {tag_for(int(oldest))} if oldest != float("inf") else set()
-            prune_local(root, t.keep_last, protect)
-        if upload:
-            uploader.submit(tag, {"world_size": info.world_size}, deadline=final_deadline)
-        return tag
+            prune_local(root, self.run.train.keep_last, protect)
 
-    def elastic(self, engine) -> bool:
+    def elastic(self) -> bool:
         """Whether checkpoints get their elastic/ part (train.elastic, and an engine that can write it:
         ZeRO-2/3 with an Adam that universal.py knows); said once when it cannot."""
         if not hasattr(self, "_elastic"):
-            why = unsupported(engine) if self.run.train.elastic else None
+            why = unsupported(self.states.engine) if self.run.train.elastic else None
             self._elastic = self.run.train.elastic and why is None
             if why:
                 self.log(f"WARNING: checkpoints resume only on this world size and ZeRO stage: {why}")
@@ -172,15 +207,15 @@ class CheckpointManager:
             self.log(f"[checkpoint] waiting for the upload of {self.uploader.pending_tag} to finish")
             self.uploader.wait()
 
-    def finish(self, trainer) -> None:
+    def finish(self, step: int) -> None:
         """At the end (a collective): the final checkpoint is committed, or NotCommittedError."""
         self.wait_for_upload()
-        check_final_commit(self.uploader, trainer.state.step, self.root, self.info.device)
+        check_final_commit(self.uploader, step, self.root, self.info.device)
 
     # ---------------------------------------------------------------------------- resuming
-    def resume(self, trainer) -> bool:
+    def resume(self) -> bool:
         """--resume (auto | s3:// | a local folder): load the newest intact committed checkpoint
-        into the trainer's parts. False when there is nothing to resume (auto, nothing committed)."""
+        into the parts. False when there is nothing to resume (auto, nothing committed)."""
         t = self.run.train
         if not t.resume:
             return False
@@ -189,6 +224,16 @@ class CheckpointManager:
         if tag_dir is None:
             self.log(f"[resume] nothing committed at {t.ckpt_uri} yet: starting from scratch")
             return False
+        how = self.load(tag_dir)
+        self.log(f"[resume] continuing from {tag_dir} at step {step_of(tag_dir.name)} ({how}; found, "
+                 f"verified and loaded in {time.perf_counter() - start:.1f} s)")
+        return True
+
+    def load(self, tag_dir: Path) -> str:
+        """Load a verified checkpoint into the parts (a collective) by one of two paths. Exact: the
+        layout that wrote it (world size, ZeRO stage, precision), DeepSpeed's own files. Elastic:
+        another layout, `elastic/`; NoUsableCheckpointError when the checkpoint has none. Then the
+        parts take every rank's state. Returns how it loaded, for the log."""
         def rank_state(r: int) -> dict:  # our own small files, checksum-verified
             return torch.load(tag_dir / f"rank_{r:05d}.pt", map_location="cpu", weights_only=False)
 
@@ -197,24 +242,19 @@ class CheckpointManager:
         now = Layout.of(self.ds_config, self.info.world_size, self.run.data.num_workers)
         self.check_batch_size(tag_dir)
         states = [rank0] + [rank_state(r) for r in range(1, saved.world_size)]
+        engine = self.states.engine
         if saved.engine == now.engine:  # DeepSpeed's own files: they load only into the same layout
-            path, _ = trainer.engine.load_checkpoint(str(tag_dir.parent), tag=tag_dir.name)
+            path, _ = engine.load_checkpoint(str(tag_dir.parent), tag=tag_dir.name)
             if path is None:
                 raise RuntimeError(f"DeepSpeed could not load the checkpoint in {tag_dir}")
         elif (tag_dir / "elastic").is_dir():
-            load_elastic(trainer.engine, tag_dir)
+            load_elastic(engine, tag_dir)
         else:
             raise NoUsableCheckpointError(f"{tag_dir} was saved with {saved.differences(now)}; it has no "
                                           f"elastic/ part (train.elastic=false), so it loads only into the "
                                           f"layout that wrote it")
-        if saved.world_size == now.world_size:  # this rank's own RNG streams and counters
-            trainer.load_state_dict(states[self.info.rank], [sd["data"] for sd in states])
-        else:
-            trainer.load_elastic(states)
-        how = "exact" if saved == now else f"elastic: {saved.differences(now)}"
-        self.log(f"[resume] continuing from {tag_dir} at step {trainer.state.step} ({how}; found, verified "
-                 f"and loaded in {time.perf_counter() - start:.1f} s)")
-        return True
+        self.states.load_state_dict(states)
+        return "exact" if saved == now else f"elastic: {saved.differences(now)}"
 
     def check_batch_size(self, tag_dir: Path) -> None:
         old = yaml.safe_load((tag_dir / "run_config.yaml").read_text())["train"]["batch_size"]

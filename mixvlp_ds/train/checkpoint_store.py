@@ -6,8 +6,9 @@ Local layout (`root` = <output_dir>/checkpoints):
                                   pipeline state per rank), elastic/ (train/universal.py: the same
                                   weights and Adam moments for any world size), run_config.yaml,
                                   ds_config.json, tokenizer/
-    root/step_00000100/COMMITTED  {files: [{path, size, sha256}], files_sha256, world_size}, written
-                                  by the node's local rank 0 after every rank saved
+    root/step_00000100/COMMITTED  {tag, step, world_size, files: [{path, size, sha256}], files_sha256},
+                                  written by each node's local rank 0 once every rank saved and
+                                  hashed its own files
     root/latest                   newest locally committed tag, written after COMMITTED
 
 S3 (see `s3sync` for the primitives; the attempt-scoped layout is `AttemptCheckpoints`, here):
@@ -21,12 +22,14 @@ into its attempt's own key space: this is how each node uploads exactly its own 
 shared file system, and why an older attempt still running (fenced off, but not yet aware of it) can
 never touch a newer attempt's objects. Each rank then writes its manifest (size + sha256 per file);
 rank 0's thread waits until all `world_size` manifests of this attempt are on S3 (the cross-node
-barrier, held on S3 so that training never blocks on it), checks the objects, writes COMMITTED (a
-conditional put: it creates the marker, and replaces another attempt's only while holding the lease)
-and then `latest`, then deletes checkpoints beyond `keep_last`. Transient errors are retried with
-exponential backoff until `upload_timeout`, reported, and the checkpoint stays uncommitted; training
-goes on. Errors no retry mends (no such bucket, access denied) and a lost lease (a newer attempt of
-the run owns the prefix: `fenced`) stop the upload at once.
+barrier, held on S3 so that training never blocks on it), checks the lease, checks every object
+(size + sha256), writes COMMITTED (a conditional put: it creates the marker, and replaces another
+attempt's only while holding the lease) and then `latest`. Still holding the lease, it then deletes
+committed checkpoints beyond `keep_last`, uncommitted leftovers older than the new one and other
+attempts' objects inside the kept ones. Transient errors are retried with exponential backoff until
+`upload_timeout`, reported, and the checkpoint stays uncommitted; training goes on. Errors no retry
+mends (no such bucket, access denied) and a lost lease (a newer attempt of the run owns the prefix:
+`fenced`) stop the upload at once.
 
 Resume (`fetch_for_resume`) takes the NEWEST committed checkpoint (`latest` is a hint: a warning says
 when it disagrees or is unreadable), verifies every file against COMMITTED (size + sha256, locally
@@ -34,9 +37,9 @@ too) and the marker itself (its own checksum, one file set per rank), and falls 
 committed checkpoint, with a warning naming what is damaged.
 
 Bounded: at most ONE upload is pending per rank. When the next checkpoint is due while one is still
-uploading, policy "wait" (default) blocks the training loop until it is done; policy "skip" saves
-the new checkpoint locally but does not upload it (a warning says so). The decision is taken
-collectively (`pretrain.py`) so that all ranks wait or skip together.
+uploading, train.upload_busy=wait (default) blocks the training loop until it is done; =skip saves
+the new checkpoint locally but does not upload it (a warning says so). The CheckpointManager
+(checkpoint.py) decides it collectively, so that all ranks wait or skip together.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from botocore.exceptions import ClientError
@@ -62,7 +66,6 @@ from mixvlp_ds.train.s3sync import (
     S3Checkpoints,
     describe_files,
     error_code,
-    is_permanent,
     retry,
     sha256_file,
 )
@@ -77,8 +80,9 @@ def step_of(tag: str) -> int:
 
 
 def owner_rank(relpath: str) -> int:
-    """Which rank wrote a checkpoint file: DeepSpeed's `*zero_pp_rank_<r>_*`, our `rank_<r>.pt` and
-    `elastic/params_<r>.pt`; everything else (model states of ZeRO-1/2, config, tokenizer) is rank 0's."""
+    """Which rank wrote a checkpoint file, and so uploads it: DeepSpeed's `*zero_pp_rank_<r>_*`, our
+    `rank_<r>.pt` and `elastic/params_<r>.pt`; everything else (DeepSpeed's model states under
+    ZeRO-1/2, elastic/meta.json and state.pt, the configs, the tokenizer) is rank 0's."""
     m = (re.search(r"zero_pp_rank_(\d+)_", relpath)
          or re.search(r"(?:^|/)(?:rank|elastic/params)_(\d+)\.pt$", relpath))
     return int(m.group(1)) if m else 0
@@ -249,25 +253,7 @@ class AttemptCheckpoints(S3Checkpoints):
         manifest = self.committed_checked(tag)
         if manifest is None:
             raise FileNotFoundError(f"{self.uri}/{tag} has no {COMMITTED} marker")
-        for e in manifest["files"]:
-            local = dest / e["path"]
-            local.parent.mkdir(parents=True, exist_ok=True)
-            key = self.object_key(tag, manifest, e["path"])
-            try:
-                self.client.download_file(self.uri.bucket, key, str(local), Config=self.transfer)
-            except ClientError as err:
-                if is_permanent(err):
-                    raise
-                what = "deleted" if error_code(err) in ("404", "NoSuchKey") else str(err)
-                raise ChecksumError(f"s3://{self.uri.bucket}/{key}: cannot be read ({error_code(err)}: "
-                                    f"{what})") from err
-            size = local.stat().st_size
-            if size != e["size"]:
-                raise ChecksumError(f"s3://{self.uri.bucket}/{key}: {size} bytes, manifest says {e['size']} "
-                                    f"(truncated)")
-            if sha256_file(local) != e["sha256"]:
-                raise ChecksumError(f"s3://{self.uri.bucket}/{key}: sha256 differs from the manifest "
-                                    f"(corrupt)")
+        self.download_verified(manifest["files"], dest, lambda path: self.object_key(tag, manifest, path))
         return manifest
 
     def latest_text(self) -> str | None:
@@ -309,19 +295,41 @@ class AttemptCheckpoints(S3Checkpoints):
 
 
 # -- the background uploader ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class UploadPolicy:
+    """How checkpoints are uploaded: retention, retries, deadline, multipart (a run's: `of(run.train)`)."""
+
+    keep_last: int = 3                   # committed checkpoints kept on S3 (retention after a commit)
+    backoff: float = 1.0                 # first retry delay, doubled up to max_backoff
+    max_backoff: float = 60.0
+    upload_timeout: float = 3600.0       # seconds of retrying before an upload is given up
+    multipart_threshold: int = 64 << 20  # bytes; larger files go multipart
+
+    @classmethod
+    def of(cls, train) -> UploadPolicy:
+        """From a TrainConfig: train.keep_last, train.upload_backoff, train.upload_timeout."""
+        return cls(keep_last=train.keep_last, backoff=train.upload_backoff,
+                   upload_timeout=train.upload_timeout)
+
+
+@dataclass(frozen=True)
+class AttemptRank:
+    """Who uploads: rank `rank` of the `world_size` ranks of attempt `attempt` (its id: manifests
+    carry it, and the lease must name it). Rank 0 commits once all world_size manifests are there."""
+
+    rank: int
+    world_size: int
+    attempt: str = ""
+
+
 class CheckpointUploader:
     """One rank's background S3 uploader (at most one pending checkpoint)."""
 
-    def __init__(self, root: Path, uri: str, rank: int, world_size: int, keep_last: int = 3,
-                 backoff: float = 1.0, max_backoff: float = 60.0, upload_timeout: float = 3600.0,
-                 multipart_threshold: int = 64 << 20, log: Callable[[str], None] = print, attempt: str = ""):
-        self.root, self.rank, self.world_size, self.keep_last = Path(root), rank, world_size, keep_last
-        self.attempt = attempt            # this attempt's id: manifests carry it, the lease must name it
+    def __init__(self, root: Path, uri: str, who: AttemptRank, policy: UploadPolicy = UploadPolicy(),
+                 log: Callable[[str], None] = print):
+        self.root, self.uri, self.policy, self.log = Path(root), parse_s3_uri(uri), policy, log
+        self.rank, self.world_size, self.attempt = who.rank, who.world_size, who.attempt
         self.fenced: str | None = None    # why this attempt may not write any more (a newer one took over)
-        self.uri = parse_s3_uri(uri)
-        self.backoff, self.max_backoff, self.upload_timeout = backoff, max_backoff, upload_timeout
-        self.multipart_threshold = multipart_threshold
-        self.log = log
         self.errors: list[str] = []       # every failure report, for tests and the end-of-run summary
         self.committed: list[str] = []    # tags this rank committed (rank 0) or fully uploaded (others)
         self._thread: threading.Thread | None = None
@@ -368,11 +376,12 @@ class CheckpointUploader:
         """Before training: write, read and delete a probe object (retrying transient errors for
         `timeout` s), so a missing bucket, denied access or an unreachable server fails the run at
         its start instead of leaving it without checkpoints. Raises PreflightError naming the URI."""
-        s3 = S3Checkpoints(self.uri, self.multipart_threshold, client=s3_client(max_attempts=2))
-        deadline = time.time() + min(timeout, self.upload_timeout)
+        policy = self.policy
+        s3 = S3Checkpoints(self.uri, policy.multipart_threshold, client=s3_client(max_attempts=2))
+        deadline = time.time() + min(timeout, policy.upload_timeout)
         try:
             retry(lambda: s3.probe(f"rank_{self.rank:05d}-{self.attempt or 'x'}"),
-                  "write/read/delete a probe", deadline, self.backoff, lambda m: None, self.max_backoff)
+                  "write/read/delete a probe", deadline, policy.backoff, lambda m: None, policy.max_backoff)
         except Exception as e:  # noqa: BLE001 - one message that says where and what
             raise PreflightError(f"S3 preflight for {self.uri} failed on rank {self.rank}: {e}") from e
 
@@ -388,16 +397,16 @@ class CheckpointUploader:
             self._report(f"{tag} NOT committed: {e}")
 
     def _upload(self, tag: str, meta: dict, deadline: float | None = None) -> None:
-        deadline = deadline or time.time() + self.upload_timeout
+        deadline = deadline or time.time() + self.policy.upload_timeout
         tag_dir = self.root / tag
         mine = [p for p in list_files(tag_dir) if owner_rank(p) == self.rank]
         entries = self._describe(tag_dir, mine)
         # the client is made here, in this thread: boto3 clients are made per thread
-        s3 = AttemptCheckpoints(self.uri, self.multipart_threshold, client=s3_client(max_attempts=3))
+        s3 = AttemptCheckpoints(self.uri, self.policy.multipart_threshold, client=s3_client(max_attempts=3))
         space = f"{tag}/{attempt_dir(self.attempt)}"  # this attempt's own keys: no other attempt writes here
 
         def again(fn, what):
-            return retry(fn, what, deadline, self.backoff, self._report, self.max_backoff)
+            return retry(fn, what, deadline, self.policy.backoff, self._report, self.policy.max_backoff)
 
         again(lambda: s3.check_lease(self.attempt), f"{tag}: check the lease")
         for e in entries:
@@ -435,7 +444,7 @@ class CheckpointUploader:
         self.log(f"[checkpoint] committed s3://{self.uri.bucket}/{self.uri.key(tag)} ({len(files)} files)")
         try:
             s3.check_lease(self.attempt)  # an attempt fenced off meanwhile deletes nothing
-            doomed = s3.prune_attempts(self.keep_last)
+            doomed = s3.prune_attempts(self.policy.keep_last)
             if doomed:
                 self.log(f"[checkpoint] deleted old S3 checkpoints {doomed}")
         except Exception as e:  # noqa: BLE001 - retention failures never touch the new checkpoint

@@ -11,10 +11,11 @@
 The global batch is `train.batch_size` = data.batch_size x gradient accumulation x world size;
 accumulation is derived, and a batch size that does not divide is an error naming the numbers.
 
-One owner per value: the image size, the report length and the word mask ratio belong to the model
-(`model.image_size`, `model.max_text_len`, `model.text_mask_ratio`); the data pipeline reads them
-from there (`RunConfig.__post_init__` fills `data.image_size` / `max_text_len` / `mask_text_prob`),
-and writing them under `data:` in a run config is an error that names the model's key.
+One owner per value: the image size, the report length and the mask ratios belong to the model
+(`model.image_size`, `model.max_text_len`, `model.text_mask_ratio`, `model.image_mask_ratio`), and
+so does what a batch holds (`model.use_image`, `model.use_text`); the data pipeline is built from the
+model config (`BatchSpec.for_model`), and writing them under `data:` is an error that names the
+model's key (`DataConfig.OWNED_ELSEWHERE`).
 """
 
 from __future__ import annotations
@@ -32,23 +33,23 @@ from mixvlp_ds.model.config import ModelConfig
 @dataclass
 class TrainConfig:
     # optimisation (paper: Adam(W) at 1e-4, batch 64)
-    lr: float = 1e-4
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-    weight_decay: float = 0.01
+    lr: float = 1e-4                     # peak learning rate, reached after warmup_steps (AdamW)
+    betas: tuple[float, float] = (0.9, 0.999)  # AdamW's decay rates of the 1st and 2nd moments
+    eps: float = 1e-8                    # AdamW's denominator term added to sqrt(2nd moment)
+    weight_decay: float = 0.01           # AdamW's decoupled weight decay, per step times the lr
     batch_size: int = 64                 # global, over all ranks and accumulation steps
-    warmup_steps: int = 1000
-    decay: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup_steps: int = 1000             # optimizer steps of linear warm-up from 0 to lr
+    decay: Literal["cosine", "linear", "constant"] = "cosine"  # lr after warm-up, down to min_lr_ratio
     min_lr_ratio: float = 0.0            # the decay ends at lr * min_lr_ratio
     clip_grad: float = 1.0               # gradient norm clipping (0 = off)
     steps: int = 100_000                 # optimizer steps of the whole run
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"  # "auto": what the DS config says
     compile: bool | None = None          # torch.compile the model through the engine; None: on CUDA only
-    seed: int = 0
+    seed: int = 0                        # seeds init, data order/mixing/masks, dropout (P%: data.subset_seed)
     # robustness
     max_nonfinite_in_row: int = 20       # consecutive non-finite losses before the run stops
     # checkpoints
-    output_dir: str = "runs/default"
+    output_dir: str = "runs/default"     # local folder: checkpoints, metrics.jsonl, the exported model
     ckpt_every: int = 1000               # steps; a checkpoint is also written at the end
     keep_last: int = 3                   # checkpoints kept, locally and on S3
     ckpt_uri: str = ""                   # s3://bucket/prefix: committed copies of the checkpoints
@@ -61,7 +62,7 @@ class TrainConfig:
     upload_backoff: float = 1.0          # first retry delay, doubled up to 60 s
     preflight_timeout: float = 60.0      # seconds the start-up S3 probe may retry before the run stops
     # logging
-    log_every: int = 10
+    log_every: int = 10                  # optimizer steps between log lines (metrics.jsonl, progress)
     progress: bool = True                # rich live progress on rank 0 (off: plain log lines)
     tensorboard: bool = True             # when the tensorboard package is installed
     peak_tflops: float = 0.0             # per device, for MFU; 0 = guess from the device name
@@ -96,28 +97,19 @@ class TrainConfig:
             raise ConfigError(f"train.ckpt_uri must be an s3:// URI, got {self.ckpt_uri!r}")
 
 
-# data fields whose value the model owns: {data key: model key}
-MODEL_OWNED = {"image_size": "image_size", "max_text_len": "max_text_len",
-               "mask_text_prob": "text_mask_ratio"}
-
-
 @dataclass
 class RunConfig:
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    tokenizer: str = ""
-    name: str = ""
-
-    def __post_init__(self) -> None:
-        for data_key, model_key in MODEL_OWNED.items():  # the data stage reads the model's values
-            setattr(self.data, data_key, getattr(self.model, model_key))
+    model: ModelConfig = field(default_factory=ModelConfig)   # the encoder; owns sizes and mask ratios
+    data: DataConfig = field(default_factory=DataConfig)      # shards, sources, mixing, loader workers
+    train: TrainConfig = field(default_factory=TrainConfig)   # optimisation, checkpoints, logging
+    tokenizer: str = ""                  # tokenizer directory (python -m mixvlp_ds tokenizer train)
+    name: str = ""                       # a label for the run in logs and tables (free text)
 
     def validate(self) -> None:
         m, d = self.model, self.data
         if not self.tokenizer:
             raise ConfigError("tokenizer: name a tokenizer directory "
-                              "(python -m mixvlp_ds.text.tokenizer train)")
+                              "(python -m mixvlp_ds tokenizer train)")
         if m.fusion == "unit":
             # UNIT fuses image and report in every row; the step cannot refuse a row on the device
             lonely = [s.name for s in resolve_sources(d) if s.role == "text_only" or s.rest == "split"
@@ -152,10 +144,6 @@ def load_run_config(path: str | Path | None, overrides: list[str] | None = None)
     data = read_file(path) if path else {}
     apply_overrides(data, list(overrides or []))
     where = str(path or "config")
-    for data_key, model_key in MODEL_OWNED.items():
-        if data_key in (data.get("data") or {}):
-            raise ConfigError(f"{where}: data.{data_key} is the model's value: set model.{model_key} "
-                              f"(the data pipeline reads it from there)")
     try:
         run = from_dict(RunConfig, expand_model_preset(data), where=where)
     except ConfigError as e:   # a section's validate() names the key; the file goes in front
@@ -169,8 +157,8 @@ def load_run_config(path: str | Path | None, overrides: list[str] | None = None)
 def check_inputs(run: RunConfig) -> None:
     """What the run config names exists and fits, before anything is built: the tokenizer directory
     (and its size against model.vocab_size), each source's shard index, and the shards' image size
-    against model.image_size. A ConfigError `<file>: <key>: <problem>` otherwise (exit status 2),
-    not a traceback from deep in the data pipeline."""
+    against model.image_size (for a model that reads images). A ConfigError `<file>: <key>: <problem>`
+    otherwise (exit status 2), not a traceback from deep in the data pipeline."""
     from botocore.exceptions import ClientError
 
     from mixvlp_ds.data.reader import read_index
@@ -193,7 +181,7 @@ def check_inputs(run: RunConfig) -> None:
         except (ShardIndexError, OSError, ValueError, ClientError) as e:   # ClientError: no such key/bucket
             raise ConfigError(f"{where}: {key}: source {s.name!r}: {e}") from None
         size = index.get("image_size")
-        if size is not None and int(size) != run.model.image_size:
+        if size is not None and run.model.use_image and int(size) != run.model.image_size:
             raise ConfigError(f"{where}: {key}: the shards of source {s.name!r} have image_size {size}, "
                               f"model.image_size is {run.model.image_size}: set model.image_size={size} or "
                               f"write shards at {run.model.image_size} px")

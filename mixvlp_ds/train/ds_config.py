@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -60,11 +61,19 @@ def _fill(section: dict, key: str, value: Any, source: str, where: str) -> None:
         raise ConfigError(f"{where}: {key}={have!r} contradicts the run config ({source}={value!r})")
 
 
-def resolve_precision(ds: dict, run: RunConfig, device_type: str, bf16_ok: bool, where: str,
-                      fp16_ok: bool | None = None) -> str:
-    """Fill bf16/fp16 "enabled"; returns "bf16" | "fp16" | "fp32". bf16_ok / fp16_ok: what the
-    accelerator supports (DeepSpeed's CPU accelerator: bf16 yes, fp16 no); fp16_ok defaults to
-    "on CUDA"."""
+@dataclass(frozen=True)
+class Device:
+    """The device a DeepSpeed config is filled for: its type, and the half precisions DeepSpeed's
+    accelerator trains in there (its CPU accelerator: bf16 yes, fp16 no; fp16 None: on CUDA only)."""
+
+    type: str = "cpu"
+    bf16_ok: bool = False
+    fp16_ok: bool | None = None
+
+
+def resolve_precision(ds: dict, run: RunConfig, device: Device, where: str) -> str:
+    """Fill bf16/fp16 "enabled" for what `device` supports; returns "bf16" | "fp16" | "fp32"."""
+    device_type, bf16_ok = device.type, device.bf16_ok
     want = run.train.precision
     flags = {k: ds.get(k, {}).get("enabled", AUTO) for k in ("bf16", "fp16")}
     if want == "auto":
@@ -82,7 +91,7 @@ def resolve_precision(ds: dict, run: RunConfig, device_type: str, bf16_ok: bool,
                                   f"(train.precision={want!r})")
     if flags["bf16"] and flags["fp16"]:
         raise ConfigError(f"{where}: bf16 and fp16 are both enabled")
-    fp16_ok = device_type == "cuda" if fp16_ok is None else fp16_ok
+    fp16_ok = device_type == "cuda" if device.fp16_ok is None else device.fp16_ok
     if flags["fp16"] and not fp16_ok:
         raise ConfigError(f"{where}: fp16 is enabled, but this {device_type} device has no fp16 training "
                           f"(DeepSpeed's CPU accelerator runs bf16 and fp32 only); use ds_configs/zero2.json "
@@ -95,8 +104,8 @@ def resolve_precision(ds: dict, run: RunConfig, device_type: str, bf16_ok: bool,
     return "bf16" if flags["bf16"] else "fp16" if flags["fp16"] else "fp32"
 
 
-def fill_ds_config(ds: dict, run: RunConfig, world_size: int, device_type: str = "cpu",
-                   bf16_ok: bool = False, where: str = "ds_config", fp16_ok: bool | None = None) -> dict:
+def fill_ds_config(ds: dict, run: RunConfig, world_size: int, device: Device = Device(),
+                   where: str = "ds_config") -> dict:
     """A copy of `ds` with every shared value taken from `run`; raises ConfigError on contradictions."""
     ds = copy.deepcopy(ds)
     t = run.train
@@ -126,7 +135,7 @@ def fill_ds_config(ds: dict, run: RunConfig, world_size: int, device_type: str =
         sp = sched.setdefault("params", {})
         for key in SCHEDULER_KEYS.get(sched.get("type"), ()):
             _fill(sp, key, *known[key], f"{where} scheduler.params")
-    resolve_precision(ds, run, device_type, bf16_ok, where, fp16_ok)
+    resolve_precision(ds, run, device, where)
     ds.setdefault("steps_per_print", 10**9)  # our progress display reports; keep DeepSpeed quiet
     leftovers = [k for k, v in _walk(ds) if v == AUTO]
     if leftovers:
@@ -301,4 +310,4 @@ def load_ds_config(path: str | Path, run: RunConfig, world_size: int, device_typ
         ds = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise ConfigError(f"cannot read DeepSpeed config {path}: {e}") from e
-    return fill_ds_config(ds, run, world_size, device_type, bf16_ok, where=str(path), fp16_ok=fp16_ok)
+    return fill_ds_config(ds, run, world_size, Device(device_type, bf16_ok, fp16_ok), where=str(path))

@@ -20,16 +20,24 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from mixvlp_ds.model.config import ModelConfig
+
 # the device vector (model outputs) and the host vector (batch composition), in this order
 DEVICE_FIELDS = ("loss", "L_txt", "L_img", "L_co", "n_txt", "n_img", "n_co", "nonfinite", "micro")
 HOST_FIELDS = ("rows", "paired", "repaired", "image_only", "text_only", "padding", "tokens", "steps")
 
 
 class StepMeter:
-    """Sums of the current optimizer step (`window`) and of the applied steps since the last read."""
+    """Sums of the current optimizer step (`window`) and of the applied steps since the last read.
 
-    def __init__(self, device: torch.device, num_patches: int):
-        self.device, self.num_patches = torch.device(device), num_patches
+    "tokens" counts what `model` encodes: the real words of every row (attention_mask, [CLS] and
+    [SEP] included) for a model that reads text, and all patches of every image row for one that
+    reads images; a side the model does not read counts nothing, whatever the tuples hold."""
+
+    def __init__(self, device: torch.device, model: ModelConfig):
+        self.device = torch.device(device)
+        self.reads_text = model.use_text
+        self.num_patches = model.num_patches if model.use_image else 0   # image tokens of one image row
         self._step = torch.zeros(len(DEVICE_FIELDS), dtype=torch.float32, device=self.device)
         self._host_step = np.zeros(len(HOST_FIELDS))
         self._log = torch.zeros_like(self._step)
@@ -51,7 +59,9 @@ class StepMeter:
         pair = np.asarray(batch["pair"], np.float32) > 0.5
         both, padding = has_img & has_txt, ~(has_img | has_txt)
         n = np.count_nonzero
-        tokens = n(np.asarray(batch["attention_mask"])) + n(has_img) * self.num_patches
+        tokens = n(has_img) * self.num_patches
+        if self.reads_text:
+            tokens += n(np.asarray(batch["attention_mask"]))
         self._host_step += [n(~padding), n(both & pair), n(both & ~pair), n(has_img & ~has_txt),
                             n(has_txt & ~has_img), n(padding), tokens, 0]
         self.institutions.update(i for i in batch.get("institution", []) if i)
@@ -96,12 +106,13 @@ def summarize(t: dict) -> dict:
 class MetricsSink:
     """Rank 0's reporting: JSONL always, TensorBoard when available, a progress display."""
 
-    def __init__(self, out_dir: Path, total_steps: int, flops_per_sample: float, peak_flops: float,
-                 world_size: int, progress=None, tensorboard: bool = True):
+    def __init__(self, out_dir: Path, flops_per_sample: float, peak_flops: float, world_size: int,
+                 progress=None, tensorboard: bool = True):
+        """peak_flops: per device (0: unknown, no MFU); progress: the live display (progress.py)."""
         self.path = Path(out_dir) / "metrics.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.file = open(self.path, "a")  # a resumed run appends; readers keep the last line per step
-        self.total_steps, self.world_size = total_steps, world_size
+        self.world_size = world_size
         self.flops_per_sample, self.peak = flops_per_sample, peak_flops
         self.progress = progress
         self.tb = None

@@ -70,7 +70,6 @@ def build(run: RunConfig, info):
     patch masks the model's geometry asks for; pinned batches on CUDA)."""
     from mixvlp_ds.data import build_pretrain_loader
     from mixvlp_ds.model import MixVLP
-    from mixvlp_ds.patch_masking import PatchMasking
     from mixvlp_ds.text.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(run.tokenizer)
@@ -79,10 +78,8 @@ def build(run: RunConfig, info):
                          f"{run.model.vocab_size}")
     torch.manual_seed(run.train.seed)  # identical initialisation everywhere (ZeRO-3 partitions it as is)
     model = MixVLP(run.model)
-    masking = (PatchMasking(run.model.patches_per_level(), run.model.image_mask_ratio)
-               if run.model.use_image else None)
     loader = build_pretrain_loader(run.data, tokenizer, info.rank, info.world_size, seed=run.train.seed,
-                                   patch_masking=masking, pin_memory=info.device.type == "cuda")
+                                   model=run.model, pin_memory=info.device.type == "cuda")
     return tokenizer, model, loader
 
 
@@ -145,28 +142,20 @@ def main(argv: list[str] | None = None) -> dict:
     compiled = maybe_compile(engine, t, info.device, lambda m: log0(info, m))
     trainer = Trainer(run, info, engine, loader)
     # S3 first: fail fast when the prefix is unusable, and take it from any older attempt before resuming
-    checkpoints = CheckpointManager(run, info, ds_config)
-    if checkpoints.resume(trainer):  # the optimizer / schedule state must not override the run config
+    checkpoints = CheckpointManager(run, info, ds_config, states=trainer)
+    if checkpoints.resume():  # the optimizer / schedule state must not override the run config
         check_resumed_hyperparameters(engine, t)
+    # reporting opens after the resume: the progress display starts at the resumed step
     sink = open_reporting(run, info, ds_config, trainer, compiled) if info.is_main else None
-
-    def on_step(st) -> None:
-        if st.step % t.log_every == 0 or st.step == t.steps:
-            summary = trainer.meter.read()  # the only host read of the losses, every log_every steps
-            if sink is not None:
-                sink.log(st.step, summary, engine.get_lr()[0],
-                         {"skipped_nonfinite": st.skipped_nonfinite, "skipped_overflow": st.skipped_overflow},
-                         trainer.meter.institutions)
-        checkpoints.maybe_save(trainer)
-
+    trainer.sink, trainer.checkpoints = sink, checkpoints
     try:
-        trainer.fit(on_step)
-        export_model(engine, ds_config, Path(t.output_dir) / "model", tokenizer, info)
+        trainer.fit()
+        export_model(engine, ds_config, Path(t.output_dir) / "model", tokenizer, info, run.data)
     finally:
         if sink is not None:
             sink.close()
         checkpoints.wait_for_upload()
-    checkpoints.finish(trainer)
+    checkpoints.finish(trainer.state.step)
     up = checkpoints.uploader
     return {"step": trainer.state.step, "skipped_nonfinite": trainer.state.skipped_nonfinite,
             "output_dir": t.output_dir, "upload_errors": list(up.errors) if up else [],
@@ -187,7 +176,7 @@ def open_reporting(run, info, ds_config: dict, trainer, compiled: bool):
     (out_dir / "run_config.json").write_text(json.dumps(resolved, indent=1))
     progress = Progress(t.steps, t.log_every, live=None if t.progress else False,
                         start_step=trainer.state.step)
-    sink = MetricsSink(out_dir, t.steps, flops_per_sample(run.model),
+    sink = MetricsSink(out_dir, flops_per_sample(run.model),
                        peak_flops(info.device, precision, t.peak_tflops), info.world_size, progress,
                        t.tensorboard)
     mode = "compiled" if compiled else "eager"
@@ -261,11 +250,14 @@ def exit_now(status: int) -> None:
     os._exit(status)
 
 
-def export_model(engine, ds_config: dict, directory: Path, tokenizer, info) -> None:
+def export_model(engine, ds_config: dict, directory: Path, tokenizer, info, data=None) -> None:
     """The final weights as a plain fp32 MixVLP directory (from_pretrained) for fine-tuning: the
     optimizer's fp32 master weights, not the bf16/fp16 copies the engine computes with. Gathering
-    them is a collective (every rank enters, ZeRO-3 partitions included); rank 0 writes."""
+    them is a collective (every rank enters, ZeRO-3 partitions included); rank 0 writes. `data`
+    (the run's DataConfig): its P% paired subset goes to pretraining.json, for fine-tuning."""
     from deepspeed.utils import safe_get_full_fp32_param
+
+    from mixvlp_ds.data.config import resolve_sources
 
     state = {}
     for name, p in engine.module.named_parameters():
@@ -273,7 +265,9 @@ def export_model(engine, ds_config: dict, directory: Path, tokenizer, info) -> N
         if info.is_main:
             state[name] = (p if full is None else full).detach().float().cpu()
     if info.is_main:
-        engine.module.save_pretrained(directory, tokenizer, state=state)
+        facts = None if data is None else {"subset_seed": data.subset_seed, "paired_percent": {
+            s.name: s.percent for s in resolve_sources(data) if s.role == "paired"}}
+        engine.module.save_pretrained(directory, tokenizer, state=state, pretraining=facts)
     dist.barrier()
 
 

@@ -1,6 +1,8 @@
 """S3 primitives of the checkpoint commit protocol: upload-and-verify, manifests, commit, download.
 
-Layout under `s3://bucket/prefix`:
+Layout under `s3://bucket/prefix` (what these primitives read and write; the training run's
+checkpoints use `checkpoint_store.AttemptCheckpoints`, which puts each attempt's files and manifests
+one level down, under `step_X/attempt-<id>/`):
 
     _lease.json                              the attempt that owns the prefix: {attempt, started, ...};
                                              each new attempt of a run writes it at start (fencing)
@@ -389,10 +391,17 @@ class S3Checkpoints:
         manifest = self.committed_manifest(tag)
         if manifest is None:
             raise FileNotFoundError(f"{self.uri}/{tag} has no {COMMITTED} marker")
-        for e in manifest["files"]:
+        self.download_verified(manifest["files"], dest, lambda path: self.uri.key(tag, path))
+        return manifest
+
+    def download_verified(self, files: list[dict], dest: Path, key_of: Callable[[str], str]) -> None:
+        """Download each manifest entry ({path, size, sha256}) from key `key_of(path)` to dest/path and
+        check it (size, then sha256). ChecksumError names the object: unreadable or deleted, truncated,
+        corrupt; errors no retry mends are raised as they are."""
+        for e in files:
             local = dest / e["path"]
             local.parent.mkdir(parents=True, exist_ok=True)
-            key = self.uri.key(tag, e["path"])
+            key = key_of(e["path"])
             try:
                 self.client.download_file(self.uri.bucket, key, str(local), Config=self.transfer)
             except ClientError as err:
@@ -403,12 +412,11 @@ class S3Checkpoints:
                                     f"{what})") from err
             size = local.stat().st_size
             if size != e["size"]:
-                raise ChecksumError(f"{self.uri}/{tag}/{e['path']}: {size} bytes, manifest says {e['size']} "
+                raise ChecksumError(f"s3://{self.uri.bucket}/{key}: {size} bytes, manifest says {e['size']} "
                                     f"(truncated)")
             if sha256_file(local) != e["sha256"]:
-                raise ChecksumError(f"{self.uri}/{tag}/{e['path']}: sha256 differs from the manifest "
+                raise ChecksumError(f"s3://{self.uri.bucket}/{key}: sha256 differs from the manifest "
                                     f"(corrupt)")
-        return manifest
 
     # -- retention ----------------------------------------------------------------------------
     def delete_tag(self, tag: str) -> None:

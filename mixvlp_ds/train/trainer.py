@@ -1,17 +1,22 @@
-"""One pre-training run as a handful of stateful parts, after torchtitan's trainer.
+"""One pre-training run as a handful of stateful parts and the loop that drives them, after
+torchtitan's trainer.
 
-    trainer = Trainer(run, info, engine, loader)     # the parts below, built by pretrain.build
-    checkpoints.resume(trainer)                      # each part's state, back where it was
-    trainer.fit(on_step)                             # the loop (loop.train) until train.steps
+    trainer = Trainer(run, info, engine, loader)             # the parts, built by pretrain.main
+    checkpoints = CheckpointManager(run, info, ds_config, states=trainer)
+    checkpoints.resume()                                     # each part's state, back where it was
+    trainer.sink, trainer.checkpoints = sink, checkpoints    # reporting (rank 0) and checkpoints
+    trainer.fit()                                            # the loop, until train.steps
 
 The parts and who owns their state:
-    engine   DeepSpeed: the model, the optimizer (Adam moments), the LR schedule; saved and loaded
-             by DeepSpeed's own checkpoint calls (the CheckpointManager makes them)
-    loader   the data pipeline: epoch, tuples delivered per slot, the plan of an elastic resume
-    rng      this rank's global RNG streams (dropout): torch, CUDA, numpy, python (RankRNG)
-    state    the loop's counters: steps, micro-batches, skipped steps (LoopState)
-    meter    the metrics of the steps since the last log line (not checkpointed: a resumed run
-             starts a new log window)
+    engine       DeepSpeed: the model, the optimizer (Adam moments), the LR schedule; saved and
+                 loaded by the CheckpointManager (DeepSpeed's own files, or elastic/)
+    loader       the data pipeline: epoch, tuples delivered per slot, the plan of an elastic resume
+    rng          this rank's global RNG streams (dropout): torch, CUDA, numpy, python (RankRNG)
+    state        the loop's counters: steps, micro-batches, skipped steps (LoopState, loop.py)
+    meter        the metrics of the steps since the last log line (not checkpointed: a resumed run
+                 starts a new log window)
+    sink         rank 0's MetricsSink (None on the other ranks): a log line every train.log_every steps
+    checkpoints  the CheckpointManager: a checkpoint whenever one is due
 `Trainer.state_dict()` is everything but the engine: one small file per rank in a checkpoint.
 """
 
@@ -19,14 +24,19 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
 
-from mixvlp_ds.train.loop import LoopState, train
+from mixvlp_ds.data.batch import model_inputs
+from mixvlp_ds.train.loop import LoopState, batches_forever
 from mixvlp_ds.train.metrics import StepMeter
+
+# what one micro-batch did to the optimizer: a step applied, a step skipped by DeepSpeed, or neither
+# (inside a gradient-accumulation window)
+StepOutcome = Literal["applied", "skipped", "accumulating"]
 
 
 class RankRNG:
@@ -57,53 +67,93 @@ class RankRNG:
 
 
 class Trainer:
-    def __init__(self, run, info, engine, loader):
+    def __init__(self, run, info, engine, loader, sink=None, checkpoints=None):
         self.run, self.info, self.engine, self.loader = run, info, engine, loader
+        self.sink, self.checkpoints = sink, checkpoints
         self.state = LoopState()
         self.rng = RankRNG()
         self.rng.seed(run.train.seed, info.rank)   # dropout differs per rank from here on
-        self.meter = StepMeter(info.device, run.model.num_patches)
+        self.meter = StepMeter(info.device, run.model)
 
     def state_dict(self) -> dict:
-        """This rank's part of a checkpoint, besides DeepSpeed's engine files."""
+        """This rank's part of a checkpoint, besides the engine's files."""
         return {"data": self.loader.state_dict(), "rng": self.rng.state_dict(),
                 "loop": self.state.state_dict(), "world_size": self.info.world_size}
 
-    def load_state_dict(self, sd: dict, data_states: list[dict] | None = None) -> None:
-        """This rank's state from a checkpoint of the same world size. data_states: every rank's loader
-        state, needed when the number of loader workers per rank changed."""
-        if sd["world_size"] != self.info.world_size:
-            raise ValueError(f"the checkpoint was saved by {sd['world_size']} ranks, this run has "
-                             f"{self.info.world_size} (load_elastic resumes on another world)")
-        if data_states is None:
-            self.loader.load_state_dict(sd["data"])
-        else:
-            self.loader.load_states(data_states)
-        self.rng.load_state_dict(sd["rng"])
-        self.state = LoopState(**sd["loop"])
-        self.state.nonfinite_in_row = 0
-
-    def load_elastic(self, states: list[dict]) -> None:
-        """The parts of a checkpoint written by another world (all its ranks' state_dicts, rank
-        order): the loader finishes the interrupted epochs on this world (data/ledger.py), the loop
-        counters are rank 0's, and the dropout streams are drawn anew for (seed, rank, step): the old
-        ranks' streams have no counterpart on a world of another size."""
+    def load_state_dict(self, states: list[dict]) -> None:
+        """Every rank's part of a checkpoint (each saving rank's state_dict(), rank order). The loader
+        continues its own position, or finishes the interrupted epochs on this world (data/ledger.py).
+        Saved by as many ranks as this run has: this rank takes back its own RNG streams and counters.
+        Saved by another world: the counters are rank 0's, and the dropout streams are drawn anew for
+        (seed, rank, step), since the old ranks' streams have no counterpart here."""
         self.loader.load_states([sd["data"] for sd in states])
-        self.state = LoopState(**states[0]["loop"])
+        if states[0]["world_size"] == self.info.world_size:
+            own = states[self.info.rank]
+            self.rng.load_state_dict(own["rng"])
+            self.state = LoopState(**own["loop"])
+        else:
+            self.state = LoopState(**states[0]["loop"])
+            self.rng.seed(self.run.train.seed, self.info.rank, salt=self.state.step)
         self.state.nonfinite_in_row = 0
-        self.rng.seed(self.run.train.seed, self.info.rank, salt=self.state.step)
 
-    def fit(self, on_step: Callable[[LoopState], None]) -> LoopState:
-        """Train from the current step to train.steps; `on_step(state)` after each applied step."""
+    def fit(self) -> LoopState:
+        """Train from the current step to train.steps. After each applied step: a log line every
+        train.log_every steps and at the last one, then a checkpoint when the manager says one is due."""
         t = self.run.train
         record_log = RecordLog(self.run, self.info, self.loader) if t.record_log else None
+        batches = batches_forever(self.loader)
+        self.engine.train()
         try:
-            self.state = train(self.engine, self.loader, self.state, self.meter, t.steps,
-                               t.max_nonfinite_in_row, on_step, record_log)
+            while self.state.step < t.steps:  # checked before drawing, so the loader's state stays exact
+                batch = next(batches)
+                if record_log is not None:
+                    record_log(batch, self.state)
+                if self.train_step(batch) != "applied":
+                    continue
+                if self.state.step % t.log_every == 0 or self.state.step == t.steps:
+                    self.log_metrics()
+                if self.checkpoints is not None:
+                    self.checkpoints.maybe_save(self.state.step)
         finally:
+            batches.close()
+            if hasattr(self.loader, "close"):
+                self.loader.close()  # stops the loader's worker processes
             if record_log is not None:
                 record_log.close()
         return self.state
+
+    def train_step(self, batch: dict) -> StepOutcome:
+        """One micro-batch: forward, the meter's device-side sums, backward, engine.step() (DeepSpeed
+        applies the optimizer at each gradient-accumulation boundary, or skips the step when the
+        gradients are not finite). Nothing here waits for the device, except after a skipped step:
+        one host read then says whether a loss was non-finite (loop.py counts it)."""
+        engine, meter = self.engine, self.meter
+        self.state.micro_batches += 1
+        out = engine(model_inputs(batch, engine.device))
+        meter.add(out, batch)
+        boundary = engine.is_gradient_accumulation_boundary()
+        engine.backward(out["loss"])
+        engine.step()
+        del out
+        if not boundary:
+            return "accumulating"
+        if engine.was_step_applied():
+            meter.end_step(applied=True)
+            self.state.applied()
+            return "applied"
+        nonfinite = meter.step_was_nonfinite()
+        meter.end_step(applied=False)
+        self.state.skipped(nonfinite, self.run.train.max_nonfinite_in_row, bool(engine.fp16_enabled()))
+        return "skipped"
+
+    def log_metrics(self) -> None:
+        """The log window, read on every rank (a collective, and the only host read of the losses),
+        written by rank 0's sink."""
+        summary = self.meter.read()
+        if self.sink is not None:
+            st = self.state
+            skipped = {"skipped_nonfinite": st.skipped_nonfinite, "skipped_overflow": st.skipped_overflow}
+            self.sink.log(st.step, summary, self.engine.get_lr()[0], skipped, self.meter.institutions)
 
 
 class RecordLog:

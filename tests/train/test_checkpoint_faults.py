@@ -11,8 +11,10 @@ import pytest
 
 from mixvlp_ds.storage import parse_s3_uri
 from mixvlp_ds.train.checkpoint_store import (
+    AttemptRank,
     CheckpointUploader,
     NoUsableCheckpointError,
+    UploadPolicy,
     fetch_for_resume,
     tag_for,
 )
@@ -21,8 +23,8 @@ from tests.train.test_checkpoint_store import fake_checkpoint
 
 
 def uploader(root, uri, rank=0, world=1, attempt="a1", logs=None, **kw):
-    return CheckpointUploader(root, uri, rank=rank, world_size=world, attempt=attempt,
-                              log=(logs.append if logs is not None else lambda m: None), **kw)
+    return CheckpointUploader(root, uri, AttemptRank(rank, world, attempt), UploadPolicy(**kw),
+                              log=(logs.append if logs is not None else lambda m: None))
 
 
 def commit(up, root, step):

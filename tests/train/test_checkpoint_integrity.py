@@ -18,7 +18,9 @@ import pytest
 from mixvlp_ds.storage import parse_s3_uri
 from mixvlp_ds.train.checkpoint_store import (
     AttemptCheckpoints,
+    AttemptRank,
     CheckpointUploader,
+    UploadPolicy,
     commit_local,
     fetch_for_resume,
     files_digest,
@@ -42,8 +44,9 @@ def fake(root, step: int, salt: str = "", elastic: bool = False, world: int | No
 
 
 def uploaders(root, uri, attempt, world=2):
-    return [CheckpointUploader(root, uri, rank=r, world_size=world, attempt=attempt, backoff=0.2,
-                               upload_timeout=300, log=lambda m: None) for r in range(world)]
+    return [CheckpointUploader(root, uri, AttemptRank(r, world, attempt),
+                               UploadPolicy(backoff=0.2, upload_timeout=300), log=lambda m: None)
+            for r in range(world)]
 
 
 def run_all(ups, tag):

@@ -10,7 +10,9 @@ import pytest
 
 from mixvlp_ds.storage import parse_s3_uri
 from mixvlp_ds.train.checkpoint_store import (
+    AttemptRank,
     CheckpointUploader,
+    UploadPolicy,
     commit_local,
     fetch_for_resume,
     owner_rank,
@@ -56,8 +58,8 @@ def test_owner_rank_reads_deepspeed_file_names():
 
 def test_commit_protocol_multipart_and_retention(tmp_path, s3_bucket):
     uri = f"s3://{s3_bucket}/runs/a"
-    ups = [CheckpointUploader(tmp_path, uri, rank=r, world_size=2, keep_last=2,
-                              multipart_threshold=8 << 20, log=lambda m: None) for r in (0, 1)]
+    policy = UploadPolicy(keep_last=2, multipart_threshold=8 << 20)
+    ups = [CheckpointUploader(tmp_path, uri, AttemptRank(r, 2), policy, log=lambda m: None) for r in (0, 1)]
     s3 = S3Checkpoints(parse_s3_uri(uri))
     tag = fake_checkpoint(tmp_path, 10, big=9 << 20)
     # rank 0 alone cannot commit: it waits for rank 1's manifest (the cross-node barrier)
@@ -84,8 +86,8 @@ def test_commit_protocol_multipart_and_retention(tmp_path, s3_bucket):
 def test_missing_rank_never_commits(tmp_path, s3_bucket):
     uri = f"s3://{s3_bucket}/r"
     logs = []
-    ups = [CheckpointUploader(tmp_path, uri, rank=r, world_size=2, upload_timeout=3, log=logs.append)
-           for r in (0, 1)]
+    ups = [CheckpointUploader(tmp_path, uri, AttemptRank(r, 2), UploadPolicy(upload_timeout=3),
+                              log=logs.append) for r in (0, 1)]
     upload_all(ups, fake_checkpoint(tmp_path, 1))
     ups[0].submit(fake_checkpoint(tmp_path, 2))  # rank 1 "crashed" before uploading step 2
     assert ups[0].wait(30)
@@ -96,7 +98,7 @@ def test_missing_rank_never_commits(tmp_path, s3_bucket):
 
 def test_truncated_file_falls_back_to_previous(tmp_path, s3_bucket):
     uri = f"s3://{s3_bucket}/r"
-    up = CheckpointUploader(tmp_path / "ckpt", uri, rank=0, world_size=1, log=lambda m: None)
+    up = CheckpointUploader(tmp_path / "ckpt", uri, AttemptRank(0, 1), log=lambda m: None)
     for step in (1, 2):
         up.submit(fake_checkpoint(tmp_path / "ckpt", step))
         assert up.wait(30)
@@ -119,7 +121,7 @@ def test_truncated_file_falls_back_to_previous(tmp_path, s3_bucket):
 def test_server_outage_during_upload(tmp_path, s3_server, s3_bucket):
     uri = f"s3://{s3_bucket}/r"
     logs = []
-    up = CheckpointUploader(tmp_path, uri, rank=0, world_size=1, backoff=0.2, max_backoff=1.0,
+    up = CheckpointUploader(tmp_path, uri, AttemptRank(0, 1), UploadPolicy(backoff=0.2, max_backoff=1.0),
                             log=logs.append)
     up.submit(fake_checkpoint(tmp_path, 1))
     assert up.wait(30)

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from mixvlp_ds.config import ConfigError
+from mixvlp_ds.data.collate import BatchSpec
 from mixvlp_ds.train.config import load_run_config
 from mixvlp_ds.train.ds_config import fill_ds_config, load_ds_config
 from mixvlp_ds.train.schedule import lr_factor
@@ -96,12 +97,13 @@ def test_every_run_config_loads_and_matches_the_paper():
     for name in runs:
         path = REPO / "configs" / f"{name}.yaml"
         r = load_run_config(path)
-        assert r.data.image_size == r.model.image_size, path
+        spec = BatchSpec.for_model(r.model, r.data)   # the batches hold the sides the model reads
+        assert (spec.images, spec.text) == (r.model.use_image, r.model.use_text), path
         if path.stem in expected:
             assert r.model.num_patches == expected[path.stem], path
         if path.stem != "tiny_cpu":
             assert (r.train.lr, r.train.batch_size, r.model.hidden, r.model.layers) == (1e-4, 64, 768, 12)
-            assert r.model.text_mask_ratio == 0.15 and r.data.max_text_len == 150
+            assert r.model.text_mask_ratio == 0.15 and r.model.max_text_len == 150
 
 
 def test_unknown_deepspeed_key_is_an_error_with_the_closest_name(tmp_path):
@@ -137,9 +139,13 @@ def test_overrides_may_stand_anywhere_on_the_command_line():
 
 
 def test_the_model_owns_image_size_text_length_and_mask_ratio():
-    r = run("model.image_size=64", "model.block_size=4", "model.max_text_len=96", "model.text_mask_ratio=0.2")
-    assert (r.data.image_size, r.data.max_text_len, r.data.mask_text_prob) == (64, 96, 0.2)
+    r = run("model.image_size=64", "model.block_size=4", "model.max_text_len=96", "model.text_mask_ratio=0.2",
+            "model.image_mask_ratio=0.3")
+    spec = BatchSpec.for_model(r.model, r.data)
+    got = (spec.image_size, spec.max_text_len, spec.text_mask_ratio, spec.patch_masking.ratio)
+    assert got == (64, 96, 0.2, 0.3)
     for key, owner in [("image_size", "image_size"), ("max_text_len", "max_text_len"),
                        ("mask_text_prob", "text_mask_ratio")]:
-        with pytest.raises(ConfigError, match=rf"data.{key} is the model's value: set model.{owner}"):
+        message = rf"\.data: {key} is not a key here: the value is model.{owner}, set it there"
+        with pytest.raises(ConfigError, match=message):
             run(f"data.{key}=32")

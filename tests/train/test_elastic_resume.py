@@ -51,7 +51,7 @@ def uninterrupted_epoch(config: Path, overrides: list[str], world: int, epoch: i
     tok = load_tokenizer(run.tokenizer)
     out = Counter()
     for rank in range(world):
-        loader = build_pretrain_loader(run.data, tok, rank, world, seed=run.train.seed)
+        loader = build_pretrain_loader(run.data, tok, rank, world, seed=run.train.seed, model=run.model)
         for _ in range(epoch):
             for _ in loader:
                 pass

@@ -57,7 +57,7 @@ HOLDER = textwrap.dedent("""
     from mixvlp_ds.data import build_pretrain_loader
     from mixvlp_ds.text.tokenizer import load_tokenizer
     run = load_run_config(sys.argv[1], ["data.num_workers=2"])
-    loader = build_pretrain_loader(run.data, load_tokenizer(run.tokenizer))
+    loader = build_pretrain_loader(run.data, load_tokenizer(run.tokenizer), model=run.model)
     it = iter(loader)
     next(it)                      # the persistent workers are up and prefetching
     print("ready", flush=True)

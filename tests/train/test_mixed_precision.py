@@ -117,8 +117,8 @@ def test_resume_from_a_bf16_checkpoint_gives_the_same_losses(bf16_run, labelled)
 
 
 def test_finetune_and_evaluate_from_the_bf16_export(bf16_run, labelled, tmp_path):
-    from mixvlp_ds import evaluate
     from mixvlp_ds.apps import finetune
+    from mixvlp_ds.programs import evaluate
 
     summary = finetune.main(["--task", "cls", "--init", str(bf16_run / "model"),
                              f"shards={labelled['shards']}",

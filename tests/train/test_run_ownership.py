@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from mixvlp_ds.storage import parse_s3_uri
-from mixvlp_ds.train.checkpoint_store import CheckpointUploader, tag_for
+from mixvlp_ds.train.checkpoint_store import AttemptRank, CheckpointUploader, tag_for
 from mixvlp_ds.train.s3sync import S3Checkpoints
 from tests.train.test_checkpoint_store import fake_checkpoint
 
@@ -44,8 +44,7 @@ def test_a_fresh_run_into_a_prefix_holding_another_run_is_refused(train_assets, 
     uri = f"s3://{s3_bucket}/shared"
     s3 = S3Checkpoints(parse_s3_uri(uri))
     s3.write_lease({"attempt": "other-run"})
-    other = CheckpointUploader(tmp_path / "other", uri, rank=0, world_size=1, attempt="other-run",
-                               log=lambda m: None)
+    other = CheckpointUploader(tmp_path / "other", uri, AttemptRank(0, 1, "other-run"), log=lambda m: None)
     for step in (100, 120):
         other.submit(fake_checkpoint(tmp_path / "other", step))
         assert other.wait(60)

@@ -22,7 +22,7 @@ from boto3.exceptions import S3UploadFailedError
 from botocore import exceptions as be
 
 from mixvlp_ds.storage import parse_s3_uri
-from mixvlp_ds.train.checkpoint_store import CheckpointUploader
+from mixvlp_ds.train.checkpoint_store import AttemptRank, CheckpointUploader, UploadPolicy
 from mixvlp_ds.train.s3sync import (
     ChecksumError,
     FencedError,
@@ -125,8 +125,8 @@ def frozen(s3_server, s3_bucket, monkeypatch):
 
 
 def test_in_process_preflight_against_a_frozen_server_keeps_its_timeout(tmp_path, s3_bucket, frozen):
-    up = CheckpointUploader(tmp_path, f"s3://{s3_bucket}/run", 0, 1, attempt="a1", log=lambda m: None,
-                            backoff=1.0)
+    up = CheckpointUploader(tmp_path, f"s3://{s3_bucket}/run", AttemptRank(0, 1, "a1"),
+                            UploadPolicy(backoff=1.0), log=lambda m: None)
     up.preflight(timeout=10)                       # answering: fine
     frozen.freeze()
     t0 = time.time()
