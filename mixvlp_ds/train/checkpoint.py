@@ -165,8 +165,10 @@ class CheckpointManager:
         if info.local_rank == 0 and (root / tag).exists():  # left by a killed run: never mix two runs' files
             shutil.rmtree(root / tag)
         dist.barrier()
-        engine.save_checkpoint(str(root), tag=tag, client_state={"step": step_of(tag)}, save_latest=False)
-        if self.elastic():
+        deepspeed_files, elastic = self.formats()
+        if deepspeed_files:
+            engine.save_checkpoint(str(root), tag=tag, client_state={"step": step_of(tag)}, save_latest=False)
+        if elastic:
             save_elastic(engine, root / tag, info.rank, info.world_size)
         torch.save(snapshot, root / tag / f"rank_{info.rank:05d}.pt")
         if info.is_main:
@@ -191,15 +193,19 @@ class CheckpointManager:
             protect = {tag_for(int(oldest))} if oldest != float("inf") else set()
             prune_local(root, self.run.train.keep_last, protect)
 
-    def elastic(self) -> bool:
-        """Whether checkpoints get their elastic/ part (train.elastic, and an engine that can write it:
-        ZeRO-2/3 with an Adam that universal.py knows); said once when it cannot."""
-        if not hasattr(self, "_elastic"):
-            why = unsupported(self.states.engine) if self.run.train.elastic else None
-            self._elastic = self.run.train.elastic and why is None
+    def formats(self) -> tuple[bool, bool]:
+        """(DeepSpeed's own files, elastic/) that checkpoints get, from train.checkpoint_format; an
+        engine that cannot write elastic/ (not ZeRO-2/3 with an Adam universal.py knows) falls back to
+        DeepSpeed's files, said once."""
+        if not hasattr(self, "_formats"):
+            fmt = self.run.train.checkpoint_format
+            why = unsupported(self.states.engine) if fmt in ("elastic", "both") else None
             if why:
-                self.log(f"WARNING: checkpoints resume only on this world size and ZeRO stage: {why}")
-        return self._elastic
+                self.log(f"WARNING: checkpoints are DeepSpeed's own files, which resume only on this world "
+                         f"size and ZeRO stage: {why}")
+            self._formats = (fmt in ("deepspeed", "both") or why is not None,
+                             fmt in ("elastic", "both") and why is None)
+        return self._formats
 
     def wait_for_upload(self) -> None:
         """Block until the pending upload is done (at the end of a run, or on its way out)."""
@@ -243,16 +249,17 @@ class CheckpointManager:
         self.check_batch_size(tag_dir)
         states = [rank0] + [rank_state(r) for r in range(1, saved.world_size)]
         engine = self.states.engine
-        if saved.engine == now.engine:  # DeepSpeed's own files: they load only into the same layout
+        has_deepspeed_files = any(tag_dir.glob("*model_states.pt"))
+        if saved.engine == now.engine and has_deepspeed_files:  # they load only into the same layout
             path, _ = engine.load_checkpoint(str(tag_dir.parent), tag=tag_dir.name)
             if path is None:
                 raise RuntimeError(f"DeepSpeed could not load the checkpoint in {tag_dir}")
         elif (tag_dir / "elastic").is_dir():
             load_elastic(engine, tag_dir)
         else:
-            raise NoUsableCheckpointError(f"{tag_dir} was saved with {saved.differences(now)}; it has no "
-                                          f"elastic/ part (train.elastic=false), so it loads only into the "
-                                          f"layout that wrote it")
+            raise NoUsableCheckpointError(f"{tag_dir} was saved with {saved.differences(now)}; it holds only "
+                                          f"DeepSpeed's own files (train.checkpoint_format=deepspeed), which "
+                                          f"load only into the layout that wrote them")
         self.states.load_state_dict(states)
         return "exact" if saved == now else f"elastic: {saved.differences(now)}"
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from mixvlp_ds.config import ConfigError, apply_overrides, from_dict, read_file, to_dict
 from mixvlp_ds.data.config import DataConfig, resolve_sources
@@ -32,6 +32,11 @@ from mixvlp_ds.model.config import ModelConfig
 
 @dataclass
 class TrainConfig:
+    # keys of older configs and where their value lives now (mixvlp_ds.config.from_dict)
+    OWNED_ELSEWHERE: ClassVar[dict[str, str]] = {
+        "elastic": "train.checkpoint_format (elastic: world-size-free only, the default; deepspeed: "
+                   "DeepSpeed's own files only; both)"}
+
     # optimisation (paper: Adam(W) at 1e-4, batch 64)
     lr: float = 1e-4                     # peak learning rate, reached after warmup_steps (AdamW)
     betas: tuple[float, float] = (0.9, 0.999)  # AdamW's decay rates of the 1st and 2nd moments
@@ -54,8 +59,9 @@ class TrainConfig:
     keep_last: int = 3                   # checkpoints kept, locally and on S3
     ckpt_uri: str = ""                   # s3://bucket/prefix: committed copies of the checkpoints
     resume: str = ""                     # "" | auto | s3://... | a local checkpoints directory
-    upload_busy: Literal["wait", "skip"] = "wait"  # an intermediate checkpoint due while the last one uploads
-    elastic: bool = True                 # checkpoints also hold world-size-free weights + Adam moments
+    upload_busy: Literal["wait", "skip"] = "wait"  # a checkpoint due while the last one writes or uploads
+    checkpoint_format: Literal["elastic", "deepspeed", "both"] = "elastic"  # elastic loads into any layout
+    async_save: bool = True              # the step waits for a host copy; files written behind it
     allow_batch_change: bool = False     # resume with another train.batch_size (the schedule's unit)
     record_log: bool = False             # <output_dir>/records/rank_<r>.jsonl: each micro-batch's records
     upload_timeout: float = 3600.0       # seconds of retrying before an upload is given up

@@ -103,10 +103,10 @@ def test_two_nodes_upload_their_own_ranks_and_rank0_commits(two_node_run):
     assert s3.latest() == f"step_{STEPS:08d}"
     assert s3.committed_tags() == ["step_00000008", f"step_{STEPS:08d}"]  # keep_last=2
     files = {e["path"] for e in s3.committed_manifest(f"step_{STEPS:08d}")["files"]}
-    assert {"rank_00000.pt", "rank_00001.pt", "mp_rank_00_model_states.pt", "run_config.yaml",
-            "bf16_zero_pp_rank_0_mp_rank_00_optim_states.pt",
-            "bf16_zero_pp_rank_1_mp_rank_00_optim_states.pt",
-            "tokenizer/vocab.txt"} <= files
+    # the default format: each rank's share of elastic/, no DeepSpeed files
+    assert {"rank_00000.pt", "rank_00001.pt", "run_config.yaml", "elastic/params_00000.pt",
+            "elastic/params_00001.pt", "elastic/meta.json", "tokenizer/vocab.txt"} <= files
+    assert not [f for f in files if "model_states" in f or "optim_states" in f]
     # each node's disk holds only its own ranks' files: the upload really came from two places
     local1 = {p.name for p in (node1 / "checkpoints" / f"step_{STEPS:08d}").iterdir()}
     assert "rank_00001.pt" in local1 and "rank_00000.pt" not in local1
@@ -165,11 +165,13 @@ def test_zero3_two_processes_commit_sharded_checkpoints(train_assets, s3_server,
     uri = "s3://zero3/run"
     log = tmp_path / "z3.log"
     finish([torchrun(train_assets["config"], tmp_path / "z3", [*COMMON[1:], "train.steps=4",
-                     f"train.ckpt_uri={uri}"], ds="zero3.json", log=log)], [log])
+                     f"train.ckpt_uri={uri}", "train.checkpoint_format=both"], ds="zero3.json", log=log)],
+           [log])
     s3 = S3Checkpoints(parse_s3_uri(uri))
     assert s3.latest() == "step_00000004"
     files = {e["path"] for e in s3.committed_manifest("step_00000004")["files"]}
-    assert {"zero_pp_rank_0_mp_rank_00_model_states.pt", "zero_pp_rank_1_mp_rank_00_model_states.pt"} <= files
+    assert {"zero_pp_rank_0_mp_rank_00_model_states.pt", "zero_pp_rank_1_mp_rank_00_model_states.pt",
+            "elastic/params_00000.pt", "elastic/params_00001.pt"} <= files  # both formats, both ranks
     got = losses(tmp_path / "z3")
     assert sorted(got) == [1, 2, 3, 4] and all(v == v for v in got.values())
     assert "bf16, ZeRO stage 3" in log.read_text()
