@@ -3,7 +3,7 @@
 Nothing is downloaded. A trained tokenizer is saved as a directory that
 `transformers.AutoTokenizer.from_pretrained(DIR)` loads with no code of ours.
 
-    python -m mixvlp_ds.text.tokenizer train --shards shards/mimic-like --out runs/tok --vocab-size 8000
+    python -m mixvlp_ds tokenizer train --shards shards/mimic-like --out runs/tok --vocab-size 8000
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"tokenizer directory {path} does not exist (train one with "
-                                f"`python -m mixvlp_ds.text.tokenizer train`)")
+                                f"`python -m mixvlp_ds tokenizer train`)")
     tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     tok.model_max_length = MODEL_MAX_LENGTH
     return tok
@@ -103,7 +103,7 @@ def iter_shard_texts(shard_dirs: Iterable[str | Path], split: str = "train") -> 
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m mixvlp_ds.text.tokenizer", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m mixvlp_ds tokenizer", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("train", help="train a WordPiece tokenizer on the training reports of shards")

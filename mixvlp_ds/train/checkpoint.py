@@ -8,15 +8,18 @@
 
 It decides WHEN (the interval, the end), WHERE (`<output_dir>/checkpoints/step_XXXXXXXX/`, mirrored
 to S3 by the attempt's uploader with the commit protocol of checkpoint_store / s3sync) and WHAT of
-the stateful parts it was given (`states`, the Trainer): DeepSpeed's `save_checkpoint` of
-`states.engine` (model, optimizer shards, LR schedule), per rank `rank_<r>.pt` =
-`states.state_dict()` (data pipeline, RNG streams, loop counters), and from rank 0 the resolved run
-config, the filled DeepSpeed config and the tokenizer; with train.elastic also `elastic/`
-(train/universal.py). `load()` takes one of two paths: exact (the layout that wrote it: DeepSpeed's
-own files), which in a fresh process with the same world size reproduces the uninterrupted run's
-losses; or elastic (another world size, ZeRO stage or precision: `elastic/`). Either way the parts
-then take every rank's `rank_<r>.pt` (`states.load_state_dict`: the loader finishes the interrupted
-epochs on another world, data/ledger.py).
+the stateful parts it was given (`states`, the Trainer): per train.checkpoint_format, `elastic/`
+(train/universal.py: fp32 weights, Adam moments, schedule, counters for any layout; the default)
+and/or DeepSpeed's `save_checkpoint` of `states.engine`; per rank `rank_<r>.pt` =
+`states.state_dict()` (data pipeline, RNG streams, loop counters); from rank 0 the resolved run
+config, the filled DeepSpeed config and the tokenizer. With train.async_save the step waits only for
+a host copy of `elastic/` (async_save.py); the write, COMMITTED, `latest`, retention and the upload
+follow in the background writer's thread, one save in flight at a time. `load()` takes one of two
+paths: DeepSpeed's own files when the checkpoint has them and the layout is the one that wrote them;
+otherwise `elastic/` (any world size, ZeRO stage or precision; on the same layout it reproduces the
+uninterrupted run's losses as well). Either way the parts then take every rank's `rank_<r>.pt`
+(`states.load_state_dict`: the loader finishes the interrupted epochs on another world,
+data/ledger.py).
 Retention keeps the newest train.keep_last committed checkpoints (never one still uploading).
 """
 
@@ -35,6 +38,7 @@ import torch.distributed as dist
 import yaml
 
 from mixvlp_ds.config import ConfigError, to_dict
+from mixvlp_ds.train.async_save import BackgroundWriter
 from mixvlp_ds.train.attempt import check_fenced, check_final_commit, open_uploader
 from mixvlp_ds.train.checkpoint_store import (
     CheckpointUploader,
@@ -49,6 +53,15 @@ from mixvlp_ds.train.checkpoint_store import (
     tag_for,
 )
 from mixvlp_ds.train.universal import load_elastic, save_elastic, unsupported
+
+
+def _gather(obj, info, group) -> list:
+    """Every rank's `obj`, in rank order: on `group` (the background writer's own) or the default."""
+    if info.world_size == 1:
+        return [obj]
+    out: list = [None] * info.world_size
+    dist.all_gather_object(out, obj, group=group)
+    return out
 
 
 def _all_reduce(value: float, op, device) -> float:
@@ -111,6 +124,9 @@ class CheckpointManager:
         self.root.mkdir(parents=True, exist_ok=True)
         self.uploader: CheckpointUploader | None = (
             open_uploader(run, info, self.root, self.log) if run.train.ckpt_uri else None)
+        # elastic/ written behind the step (async_save.py); a collective on more than one rank
+        background = run.train.async_save and self.formats()[1]
+        self.writer = BackgroundWriter(info.rank, info.world_size) if background else None
 
     def log(self, msg: str) -> None:
         if self.info.is_main:
@@ -124,19 +140,33 @@ class CheckpointManager:
     def maybe_save(self, step: int) -> str | None:
         return self.save(step) if self.due(step) else None
 
-    def save(self, step: int) -> str:
-        """Collective: every rank calls it at the same step. Returns the tag. In this order: whether
-        to upload, the snapshot of this rank's state, the files, the local commit, the upload."""
-        tag = tag_for(step)
+    def save(self, step: int) -> str | None:
+        """Collective: every rank calls it at the same step. Returns the tag (None: skipped, see
+        below). In this order: the previous background write done (or this save skipped, as
+        train.upload_busy says), whether to upload, the snapshot of this rank's state, the files,
+        the local commit, the upload. With a background writer, the step waits for the snapshot
+        and the small files only; elastic/ is written, committed and uploaded behind it."""
+        t, tag = self.run.train, tag_for(step)
         # the final checkpoint's upload_timeout counts from now, the wait for a pending upload
         # included: a run whose S3 stopped answering exits within upload_timeout of its last step
-        deadline = time.time() + self.run.train.upload_timeout if step == self.run.train.steps else None
+        deadline = time.time() + t.upload_timeout if step == t.steps else None
+        if self.writer is not None:
+            busy = _all_reduce(float(self.writer.busy()), dist.ReduceOp.MAX, self.info.device) > 0
+            if busy and t.upload_busy == "skip" and step < t.steps:
+                self.log(f"WARNING: the previous checkpoint is still being written; {tag} is skipped "
+                         f"(train.upload_busy=skip)")
+                return None
+            if busy:
+                self.log(f"[checkpoint] waiting for the previous checkpoint's write before saving {tag}")
+            self.writer.wait()  # its failure stops the run here, as a failed save in the step would
         upload = self._upload_slot(step, tag)
         snapshot = self.states.state_dict()
-        self._write(tag, snapshot)
-        self._commit(tag)
-        if upload:
-            self.uploader.submit(tag, {"world_size": self.info.world_size}, deadline=deadline)
+        share = self._write(tag, snapshot)
+        if share is None:
+            self._commit(tag, upload, deadline)
+        else:
+            self.writer.submit(share, self.root / tag, on_done=lambda result: self._commit(
+                tag, upload, deadline, written=result.files, group=self.writer.group))
         return tag
 
     def _upload_slot(self, step: int, tag: str) -> bool:
@@ -158,9 +188,10 @@ class CheckpointManager:
             uploader.wait()
         return True
 
-    def _write(self, tag: str, snapshot: dict) -> None:
+    def _write(self, tag: str, snapshot: dict):
         """Every rank writes its files of the checkpoint: DeepSpeed's, its elastic/ share, rank_<r>.pt;
-        rank 0 also the run config, the DeepSpeed config and the tokenizer."""
+        rank 0 also the run config, the DeepSpeed config and the tokenizer. With a background writer
+        the elastic/ share is only copied to host memory here: returns that Share (else None)."""
         info, root, engine = self.info, self.root, self.states.engine
         if info.local_rank == 0 and (root / tag).exists():  # left by a killed run: never mix two runs' files
             shutil.rmtree(root / tag)
@@ -168,30 +199,42 @@ class CheckpointManager:
         deepspeed_files, elastic = self.formats()
         if deepspeed_files:
             engine.save_checkpoint(str(root), tag=tag, client_state={"step": step_of(tag)}, save_latest=False)
-        if elastic:
+        share = None
+        if elastic and self.writer is not None:
+            share = self.writer.snapshot(engine)  # the stall: a host copy of this rank's share
+        elif elastic:
             save_elastic(engine, root / tag, info.rank, info.world_size)
+        (root / tag).mkdir(parents=True, exist_ok=True)
         torch.save(snapshot, root / tag / f"rank_{info.rank:05d}.pt")
         if info.is_main:
             (root / tag / "run_config.yaml").write_text(yaml.safe_dump(to_dict(self.run), sort_keys=False))
             (root / tag / "ds_config.json").write_text(json.dumps(self.ds_config, indent=1))
             shutil.copytree(self.run.tokenizer, root / tag / "tokenizer")
+        return share
 
-    def _commit(self, tag: str) -> None:
-        """COMMITTED and `latest` on each node, then local retention (never of a tag still uploading)."""
+    def _commit(self, tag: str, upload: bool, deadline: float | None, written: list[dict] = (),
+                group=None) -> None:
+        """COMMITTED and `latest` on each node, local retention (never of a tag still uploading),
+        then the upload. In the step, or in the background writer's thread once every rank's share
+        is written (`written`: its entries, hashed as they were written; `group`: the writer's own
+        process group, so that these collectives never meet the training's)."""
         info, root, uploader = self.info, self.root, self.uploader
         # every rank hashes the files it wrote, in parallel (the gather is the barrier); the node's
         # local rank 0 writes COMMITTED with those sha256s once this node's copy is complete
-        own = [p for p in list_files(root / tag) if owner_rank(p) == info.rank]
-        described: list = [None] * info.world_size
-        dist.all_gather_object(described, describe_files(root / tag, own))
+        hashed = [dict(e, path=f"elastic/{e['path']}") for e in written]
+        own = [p for p in list_files(root / tag) if owner_rank(p) == info.rank
+               and p not in {e["path"] for e in hashed} and not p.endswith(".tmp")]
+        described = _gather(describe_files(root / tag, own) + hashed, info, group)
         if info.local_rank == 0:
             commit_local(root, tag, info.world_size, known=[e for d in described for e in d])
         # tags still uploading somewhere must survive local retention
         pending = uploader.pending_tag if uploader is not None and uploader.busy() else None
-        oldest = _all_reduce(step_of(pending) if pending else float("inf"), dist.ReduceOp.MIN, info.device)
+        oldest = min(_gather(step_of(pending) if pending else float("inf"), info, group))
         if info.local_rank == 0:
             protect = {tag_for(int(oldest))} if oldest != float("inf") else set()
             prune_local(root, self.run.train.keep_last, protect)
+        if upload:
+            uploader.submit(tag, {"world_size": info.world_size}, deadline=deadline)
 
     def formats(self) -> tuple[bool, bool]:
         """(DeepSpeed's own files, elastic/) that checkpoints get, from train.checkpoint_format; an
@@ -208,7 +251,12 @@ class CheckpointManager:
         return self._formats
 
     def wait_for_upload(self) -> None:
-        """Block until the pending upload is done (at the end of a run, or on its way out)."""
+        """Block until the write in flight and the pending upload are done (at the end of a run, or
+        on its way out: the checkpoint being written is still committed). A failed write is raised."""
+        if self.writer is not None:
+            if self.writer.busy():
+                self.log("[checkpoint] waiting for the checkpoint being written to finish")
+            self.writer.wait()
         if self.uploader is not None and self.uploader.busy():
             self.log(f"[checkpoint] waiting for the upload of {self.uploader.pending_tag} to finish")
             self.uploader.wait()
@@ -216,6 +264,8 @@ class CheckpointManager:
     def finish(self, step: int) -> None:
         """At the end (a collective): the final checkpoint is committed, or NotCommittedError."""
         self.wait_for_upload()
+        if self.writer is not None:
+            self.writer.close()  # its process and its host buffer
         check_final_commit(self.uploader, step, self.root, self.info.device)
 
     # ---------------------------------------------------------------------------- resuming
