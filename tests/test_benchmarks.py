@@ -29,3 +29,6 @@ def test_gpu_suite_smoke_runs_every_step_and_merges_the_json(tmp_path):
     by_run = {r["run"]: r for r in summary["rows"] if r["path"] == "project"}
     assert by_run["zero3_mb64"]["stage"] == 3 and by_run["zero2_mb128_actckpt"]["activation_checkpointing"]
     assert "| zero2_mb64 | plain |" in proc.stdout
+    ckpt = {r["way"]: r for r in summary["checkpoint"]}  # checkpoint_bench.py's row, on the tiny model
+    assert set(ckpt) == {"deepspeed", "elastic", "elastic+async"}
+    assert all(r["bytes"] > 0 and r["load_s"] >= 0 for r in ckpt.values())

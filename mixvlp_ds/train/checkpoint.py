@@ -124,7 +124,8 @@ class CheckpointManager:
         self.root.mkdir(parents=True, exist_ok=True)
         self.uploader: CheckpointUploader | None = (
             open_uploader(run, info, self.root, self.log) if run.train.ckpt_uri else None)
-        # elastic/ written behind the step (async_save.py); a collective on more than one rank
+        # elastic/ written behind the step (async_save.py: a writer thread at niceness 19, which takes
+        # only the CPU the step leaves); a collective on more than one rank
         background = run.train.async_save and self.formats()[1]
         self.writer = BackgroundWriter(info.rank, info.world_size) if background else None
 
