@@ -63,7 +63,8 @@ def main(argv=None) -> dict:
     from mixvlp_ds.train.ds_config import load_ds_config
     from mixvlp_ds.train.engine import build_engine, init_distributed
     from mixvlp_ds.train.pretrain import precision_support
-    from mixvlp_ds.train.universal import _ensure_adam_state, load_elastic, save_elastic
+    from mixvlp_ds.train.universal import load_elastic, save_elastic
+    from mixvlp_ds.train.zero_state import ensure_adam_state
 
     info = init_distributed()
     run = load_run_config(args.config, ["data.batch_size=1", "train.batch_size=1", "train.steps=10",
@@ -76,7 +77,7 @@ def main(argv=None) -> dict:
 
     work = Path(args.work or tempfile.mkdtemp(prefix="elastic_bench_"))
     first = engine()
-    _ensure_adam_state(first)  # the Adam state of a first step (zeros): both formats then hold it
+    ensure_adam_state(first)  # the Adam state of a first step (zeros): both formats then hold it
     numels = [p.numel() for p in first.module.parameters() if p.requires_grad]
     rows = []
 
