@@ -152,12 +152,12 @@ class CheckpointManager:
         # included: a run whose S3 stopped answering exits within upload_timeout of its last step
         deadline = time.time() + t.upload_timeout if step == t.steps else None
         if self.writer is not None:
-            busy = _all_reduce(float(self.writer.busy()), dist.ReduceOp.MAX, self.info.device) > 0
-            if busy and t.upload_busy == "skip" and step < t.steps:
+            busy = self._while_busy(self.writer.busy(), step)
+            if busy == "skip":
                 self.log(f"WARNING: the previous checkpoint is still being written; {tag} is skipped "
                          f"(train.upload_busy=skip)")
                 return None
-            if busy:
+            if busy == "wait":
                 self.log(f"[checkpoint] waiting for the previous checkpoint's write before saving {tag}")
             self.writer.wait()  # its failure stops the run here, as a failed save in the step would
         upload = self._upload_slot(step, tag)
@@ -170,21 +170,29 @@ class CheckpointManager:
                 tag, upload, deadline, written=result.files, group=self.writer.group))
         return tag
 
+    def _while_busy(self, busy_here: bool, step: int) -> str:
+        """"idle", "wait" or "skip": what a save does about the write or upload still in flight on
+        some rank, decided by every rank together (train.upload_busy; the final save always waits)."""
+        t = self.run.train
+        if not _all_reduce(float(busy_here), dist.ReduceOp.MAX, self.info.device) > 0:
+            return "idle"
+        return "skip" if t.upload_busy == "skip" and step < t.steps else "wait"
+
     def _upload_slot(self, step: int, tag: str) -> bool:
         """Whether this checkpoint is uploaded, once the pending upload is done or skipped. Stops every
         rank when a newer attempt owns the prefix."""
-        uploader, t = self.uploader, self.run.train
+        uploader = self.uploader
         if uploader is None:
             return False
         check_fenced(uploader, self.info.device)  # a newer attempt owns the prefix: stop here, on every rank
         # bounded uploads, decided together so that all ranks wait, or all skip; the final one is
         # always uploaded (its commit decides the run's exit status)
-        busy = _all_reduce(float(uploader.busy()), dist.ReduceOp.MAX, self.info.device) > 0
-        if busy and t.upload_busy == "skip" and step < t.steps:
+        busy = self._while_busy(uploader.busy(), step)
+        if busy == "skip":
             self.log(f"WARNING: checkpoint {uploader.pending_tag} is still uploading; {tag} is saved "
                      f"locally but NOT uploaded (train.upload_busy=skip)")
             return False
-        if busy:
+        if busy == "wait":
             self.log(f"[checkpoint] waiting for the upload of {uploader.pending_tag} before saving {tag}")
             uploader.wait()
         return True
