@@ -1,17 +1,14 @@
-"""S3 primitives of the checkpoint commit protocol: upload-and-verify, manifests, commit, download.
+"""S3 primitives of the checkpoint commit protocol: upload-and-verify, manifests, the lease, listing,
+verified download, retention.
 
-Layout under `s3://bucket/prefix` (what these primitives read and write; the training run's
-checkpoints use `checkpoint_store.AttemptCheckpoints`, which puts each attempt's files and manifests
-one level down, under `step_X/attempt-<id>/`):
+The layout they serve is written by `checkpoint_store.AttemptCheckpoints` (each attempt's files and
+manifests under `step_X/attempt-<id>/`, one `step_X/COMMITTED` naming the attempt); what lives at
+the prefix itself:
 
     _lease.json                              the attempt that owns the prefix: {attempt, started, ...};
                                              each new attempt of a run writes it at start (fencing)
-    step_00000100/<files>                    every rank's checkpoint files, relative paths kept
-    step_00000100/_manifests/rank_00003.json what rank 3 uploaded and verified: {rank, attempt, files:
-                                             [{path, size, sha256}]}
-    step_00000100/COMMITTED                  written by rank 0 once every rank's manifest OF ITS ATTEMPT is
-                                             there and every listed object has the listed size: the merged
-                                             manifest
+    step_00000100/COMMITTED                  the merged manifest: {tag, step, files: [{path, size,
+                                             sha256}], ...}, written once every rank's files are there
     latest                                   the tag of the newest committed checkpoint, written LAST
 
 A reader trusts only tags with a readable COMMITTED marker, and checks each downloaded file's size
@@ -313,16 +310,6 @@ class S3Checkpoints:
             raise ChecksumError(f"s3://{self.uri.bucket}/{key}: read back {len(got)} bytes that differ from "
                                 f"the {len(body)} written")
 
-    def commit(self, tag: str, step: int, entries: list[dict], meta: dict) -> None:
-        """Check every object's size, then write COMMITTED, then `latest` (the order is the protocol)."""
-        for e in entries:
-            head = self.client.head_object(Bucket=self.uri.bucket, Key=self.uri.key(tag, e["path"]))
-            if head["ContentLength"] != e["size"]:
-                raise ChecksumError(f"{tag}/{e['path']}: {head['ContentLength']} bytes on S3, "
-                                    f"manifest says {e['size']}")
-        self.put_json(self.uri.key(tag, COMMITTED), {"tag": tag, "step": step, "files": entries, **meta})
-        self.client.put_object(Bucket=self.uri.bucket, Key=self.uri.key(LATEST), Body=tag.encode())
-
     # -- reading ------------------------------------------------------------------------------
     def list_keys(self, sub: str) -> list[str]:
         keys = []
@@ -385,14 +372,6 @@ class S3Checkpoints:
             if not_found(e):
                 return False
             raise
-
-    def download(self, tag: str, dest: Path) -> dict:
-        """Download committed `tag` into `dest` and verify every file; raises ChecksumError."""
-        manifest = self.committed_manifest(tag)
-        if manifest is None:
-            raise FileNotFoundError(f"{self.uri}/{tag} has no {COMMITTED} marker")
-        self.download_verified(manifest["files"], dest, lambda path: self.uri.key(tag, path))
-        return manifest
 
     def download_verified(self, files: list[dict], dest: Path, key_of: Callable[[str], str]) -> None:
         """Download each manifest entry ({path, size, sha256}) from key `key_of(path)` to dest/path and
