@@ -35,7 +35,8 @@ import torch.distributed as dist
 
 from mixvlp_ds.config import ConfigError
 from mixvlp_ds.storage import s3_client
-from mixvlp_ds.train.checkpoint_store import AttemptRank, CheckpointUploader, UploadPolicy, tag_for
+from mixvlp_ds.train.checkpoint_store import tag_for
+from mixvlp_ds.train.checkpoint_upload import AttemptRank, CheckpointUploader, UploadPolicy
 from mixvlp_ds.train.s3sync import FencedError, PreflightError, S3Checkpoints
 
 

@@ -41,7 +41,6 @@ from mixvlp_ds.config import ConfigError, to_dict
 from mixvlp_ds.train.async_save import BackgroundWriter
 from mixvlp_ds.train.attempt import check_fenced, check_final_commit, open_uploader
 from mixvlp_ds.train.checkpoint_store import (
-    CheckpointUploader,
     NoUsableCheckpointError,
     commit_local,
     describe_files,
@@ -52,6 +51,7 @@ from mixvlp_ds.train.checkpoint_store import (
     step_of,
     tag_for,
 )
+from mixvlp_ds.train.checkpoint_upload import CheckpointUploader
 from mixvlp_ds.train.universal import load_elastic, save_elastic, unsupported
 
 
@@ -274,7 +274,7 @@ class CheckpointManager:
         """At the end (a collective): the final checkpoint is committed, or NotCommittedError."""
         self.wait_for_upload()
         if self.writer is not None:
-            self.writer.close()  # its process and its host buffer
+            self.writer.close()  # the write in flight, then its host buffer
         check_final_commit(self.uploader, step, self.root, self.info.device)
 
     # ---------------------------------------------------------------------------- resuming

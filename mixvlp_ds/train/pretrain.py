@@ -8,8 +8,8 @@
 
 Builds the parts (model, data pipeline, DeepSpeed engine: `build`, `build_engine`), puts them in a
 Trainer (trainer.py: the stateful parts and the loop) and a CheckpointManager (checkpoint.py: when,
-where and what to save, resume; checkpoint_store.py / s3sync.py: the S3 commit protocol;
-attempt.py: this attempt's hold on the prefix), resumes when asked, trains for train.steps
+where and what to save, resume; checkpoint_store.py, checkpoint_upload.py and s3sync.py: the S3
+commit protocol; attempt.py: this attempt's hold on the prefix), resumes when asked, trains for train.steps
 optimizer steps, exports the fp32 weights, and ends with the final checkpoint committed.
 """
 

@@ -10,14 +10,8 @@ import time
 import pytest
 
 from mixvlp_ds.storage import parse_s3_uri
-from mixvlp_ds.train.checkpoint_store import (
-    AttemptRank,
-    CheckpointUploader,
-    NoUsableCheckpointError,
-    UploadPolicy,
-    fetch_for_resume,
-    tag_for,
-)
+from mixvlp_ds.train.checkpoint_store import NoUsableCheckpointError, fetch_for_resume, tag_for
+from mixvlp_ds.train.checkpoint_upload import AttemptRank, CheckpointUploader, UploadPolicy
 from mixvlp_ds.train.s3sync import PreflightError, S3Checkpoints
 from tests.train.test_checkpoint_store import fake_checkpoint
 

@@ -18,14 +18,12 @@ import pytest
 from mixvlp_ds.storage import parse_s3_uri
 from mixvlp_ds.train.checkpoint_store import (
     AttemptCheckpoints,
-    AttemptRank,
-    CheckpointUploader,
-    UploadPolicy,
     commit_local,
     fetch_for_resume,
     files_digest,
     tag_for,
 )
+from mixvlp_ds.train.checkpoint_upload import AttemptRank, CheckpointUploader, UploadPolicy
 from mixvlp_ds.train.s3sync import FencedError, S3Checkpoints
 from tests.train.test_checkpoint_store import FILES
 

@@ -9,16 +9,8 @@ from pathlib import Path
 import pytest
 
 from mixvlp_ds.storage import parse_s3_uri
-from mixvlp_ds.train.checkpoint_store import (
-    AttemptRank,
-    CheckpointUploader,
-    UploadPolicy,
-    commit_local,
-    fetch_for_resume,
-    owner_rank,
-    prune_local,
-    tag_for,
-)
+from mixvlp_ds.train.checkpoint_store import commit_local, fetch_for_resume, owner_rank, prune_local, tag_for
+from mixvlp_ds.train.checkpoint_upload import AttemptRank, CheckpointUploader, UploadPolicy
 from mixvlp_ds.train.s3sync import S3Checkpoints
 
 FILES = {  # a 2-rank ZeRO-2 checkpoint's file names, with the rank that owns each

@@ -17,7 +17,8 @@ import sys
 from pathlib import Path
 
 from mixvlp_ds.storage import parse_s3_uri
-from mixvlp_ds.train.checkpoint_store import AttemptRank, CheckpointUploader, tag_for
+from mixvlp_ds.train.checkpoint_store import tag_for
+from mixvlp_ds.train.checkpoint_upload import AttemptRank, CheckpointUploader
 from mixvlp_ds.train.s3sync import S3Checkpoints
 from tests.train.test_checkpoint_store import fake_checkpoint
 

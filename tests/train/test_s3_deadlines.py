@@ -22,7 +22,7 @@ from boto3.exceptions import S3UploadFailedError
 from botocore import exceptions as be
 
 from mixvlp_ds.storage import parse_s3_uri
-from mixvlp_ds.train.checkpoint_store import AttemptRank, CheckpointUploader, UploadPolicy
+from mixvlp_ds.train.checkpoint_upload import AttemptRank, CheckpointUploader, UploadPolicy
 from mixvlp_ds.train.s3sync import (
     ChecksumError,
     FencedError,
