@@ -1,7 +1,7 @@
 """Which background writer for the elastic checkpoint: the candidates, measured on one engine size.
 
     python benchmarks/checkpoint_writers.py                      # ms_b8, every candidate, one process each
-    python benchmarks/checkpoint_writers.py --candidates process process_nice19 --size tiny
+    python benchmarks/checkpoint_writers.py --candidates thread thread_nice19 --size tiny
 
 Each candidate writes the same state (the full fp32 weights and Adam moments of every parameter,
 gathered as universal.snapshot_share gathers them) while training goes on, in its own process
@@ -13,13 +13,16 @@ gathered as universal.snapshot_share gathers them) while training goes on, in it
                     staging (DefaultStager) and FileSystemWriter (.distcp files; fsync as shipped)
     dcp_process     the same with AsyncCheckpointerType.PROCESS
     ds_decoupled    DeepSpeed 0.19.8's DecoupledCheckpointEngine ("checkpoint": {"writer": {"type":
-                    "python", "decoupled": true}}): save(state, path) + commit(), python writer
+                    "python", "decoupled": true}}): save(state, path); the next engine.step() commits
                     (the "fast" writer needs the async_io op: libaio is not on this machine)
+The rows `process` / `process_nice19` of results/checkpoint_writers.json are a writer process of
+our own (a memfd snapshot that a subprocess torch.saved), measured and not kept (no lower stall
+than the thread, ~300 MB more per rank): its code is not in the tree.
 Columns: blocking_s (the step waits for it), write_s (until the files are complete), cost_s (the
 step time above the median summed over the save's step and the steps until the write is done, at
 least --steps), stall_s (the longest of those steps minus the median), bytes. Writes --out.
 --gil: no engine; the main thread's pauses while a thread writes a 1.8 GiB share, through the
-hashing file object (BackgroundWriter) or with torch.save(obj, path) (which holds the GIL).
+hashing file object (BackgroundWriter) or with a plain torch.save(obj, path) ("thread_path").
 """
 
 from __future__ import annotations

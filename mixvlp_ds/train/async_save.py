@@ -16,19 +16,25 @@ universal.save_elastic's, so load_elastic reads them. One save is in flight at a
 first waits for the previous write (its buffer is the one it reuses). A process killed during the
 write leaves the temp file and no meta.json: the previous committed checkpoint is untouched.
 
-Chosen by measurement (benchmarks/checkpoint_writers.py, two runs each: ms_B8, 161.7 M parameters,
-bf16 ZeRO-2, one rank on this project's 2-core CPU machine, steps of ~2.2 s; docs/benchmarks.md):
-the stall (longest step from the save's on, minus the median step) was 0.40 / 0.74 s for this
-thread at niceness 19, 2.8 / 4.9 s for the same thread at niceness 0 (the writer takes a core from
-the step's two OpenMP threads, which then wait for each other), 1.4 / 2.1 s for
-torch.distributed.checkpoint's async_save with a thread (it stages the state again: 1.6-2.3 s in
-the step; .distcp files, not the elastic format), 2.3 / 4.3 s with its process, and 6.0 / 6.1 s for
-DeepSpeed 0.19.8's decoupled engine (its next engine.step() waits for the write; it also needs the
-deepspeed launcher's CROSS_RANK/CROSS_SIZE, sets the start method to spawn process-wide and writes
-under the final names). A writer process of our own at niceness 19 stalled 1.25 / 1.26 s, no less
-than this thread, for ~300 MB more per rank (its own torch) and more code. The GIL is no reason
-for a process here: torch.save writes through the hashing file object, whose hashlib and write
-calls release it; the main thread paused 0.03 s in all during a 1.8 GiB write (`--gil`).
+Chosen by measurement (benchmarks/checkpoint_writers.py, ms_B8 161.7 M parameters, bf16 ZeRO-2,
+one rank on this project's 2-core CPU machine, steps of ~2.2 s; results/checkpoint_writers.json;
+docs/benchmarks.md, "Checkpoints"). The stall (the longest step from the save's on, minus the
+median step; a first save, so the buffer is allocated in it) in two runs each:
+    this thread at niceness 19                    1.25 / 1.08 s (0.53 s once the buffer exists)
+    the same thread at niceness 0                 3.9 / 5.8 s: the writer takes a core from the
+                                                  step's two OpenMP threads, which then wait
+    torch.distributed.checkpoint async_save       1.4 / 2.1 s with a thread (it stages the state
+                                                  again, 1.6-2.3 s in the step), 2.3 / 4.3 s with
+                                                  its process; .distcp files, not this format
+    DeepSpeed 0.19.8's decoupled engine           6.0 / 6.1 s: its next engine.step() waits for the
+                                                  write; it also needs the deepspeed launcher's
+                                                  CROSS_RANK/CROSS_SIZE, sets the start method to
+                                                  spawn process-wide, writes under final names
+    a writer process of ours at niceness 19       1.26 / 1.25 s: no better, ~300 MB more per rank
+The GIL is no reason for a process: torch.save writes through the hashing file object, whose
+hashlib and write calls release it; a Python loop in the main thread (a GPU run's launch thread)
+paused 0.08-0.11 s in all, 9 ms at most, during a 1.8 GiB write (`--gil`). Niceness 19 means the
+write runs in what the step leaves: 30-55 s for ms_B8 on 2 cores that train without a pause.
 """
 
 from __future__ import annotations
@@ -137,7 +143,10 @@ class BackgroundWriter:
 
     def _write_and_commit(self, share: Share, directory: Path, start: float) -> None:
         if self.nice:
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.nice)
+            try:  # Linux: a thread id names one thread; elsewhere the write runs at the process's priority
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.nice)
+            except OSError:
+                pass
         files, error = [], None
         try:
             path = directory / "elastic" / share.file

@@ -18,9 +18,9 @@ low-precision module copies are re-derived from the fp32 master weights, as afte
 
 A save is a snapshot (`snapshot_share`, collective: this rank's share copied into one host buffer,
 a `Share`) and a write (`atomic_save` of the share to a temp name, then renamed; rank 0 writes
-meta.json last). `save_elastic` does both in line; train/async_save.py writes the snapshot in a
-writer process while training goes on. A share file holds views of one storage; files written
-with one storage per tensor (before) load the same way.
+meta.json last). `save_elastic` does both in line; train/async_save.py writes the snapshot from
+a background thread while training goes on. A share file holds views of one storage; files that
+hold one storage per tensor load the same way.
 
 The inner optimizer must be torch's Adam/AdamW or DeepSpeed's CPU Adam (train/zero_state.py says
 where each keeps its state). Parameters that do not train (requires_grad=False: no fp32 master
@@ -201,7 +201,7 @@ def save_elastic(engine, directory: Path, rank: int, world_size: int) -> dict:
     last, meta.json: format, parameter names and shapes, dtype, the share of each file,
     world_size, zero stage, bf16/fp16 flags, the Adam step, the engine counters (global_steps,
     global_samples, skipped_steps). Returns the meta dict. async_save.BackgroundWriter writes the
-    same files from the same snapshot in a writer process while training goes on."""
+    same files from the same snapshot in a background thread while training goes on."""
     begin_save(directory, rank)
     dist.barrier()
     share = snapshot_share(engine, rank, world_size)
