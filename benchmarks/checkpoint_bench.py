@@ -1,6 +1,6 @@
 """Checkpoint cost at three model sizes: bytes on disk, the step stall, the write, the load.
 
-    python benchmarks/checkpoint_bench.py                        # tiny, ms_b8, large, one process each
+    python benchmarks/checkpoint_bench.py                        # tiny, ms_b8, large
     python benchmarks/checkpoint_bench.py --sizes ms_b8          # rows run separately, merged into --out
     python benchmarks/checkpoint_bench.py --sizes ms_b8 --micro-batch 64    # on CUDA (gpu_suite.sh)
 
@@ -12,17 +12,20 @@ inputs, so on a CPU the steps run on short inputs (32 px images, 16 words, micro
 161.6 M parameters then, its text-position table and per-patch numbers being smaller) and a row
 takes minutes, not hours; on CUDA the inputs are full size.
 
-Each way of saving, on one engine in turn: a first save (buffers and pages allocated; not timed),
---steps steps, the step with the save, --steps more (and more while a background write runs):
+Each way of saving, each in its own process and engine: a first save (buffers and pages allocated;
+not timed), --steps steps, the step with the save, --steps more (more while a background write runs):
     deepspeed       engine.save_checkpoint (ZeRO files: the same world size and stage only)
     elastic         universal.save_elastic in line (any world size / stage)
     elastic+async   async_save.BackgroundWriter: the snapshot in the step, the write in a thread
 Columns: bytes on disk; blocking_s, the save's time inside its step; stall_s, the longest step
-from the save's on (the save counted in its step) minus the median step before it; cost_s, the
+from the save's on (the save counted in its step) minus the median step before it; noise_s, the
+same measure on the steps before the save (the machine's own step-to-step spread); cost_s, the
 step time above that median summed over the save's step and the --steps after it (all the steps
 during a background write, if more); write_s, until the files are complete; load_s, into a fresh
-engine (deepspeed: load_checkpoint, else load_elastic; the files are in the page cache). Growth:
-the same per million parameters. Writes --out (JSON), prints a table.
+engine once the training one is freed (deepspeed: load_checkpoint, else load_elastic; the files
+are those just written, so mostly in the page cache); peak_rss_gb, the process's. Growth: per
+million parameters.
+Writes --out (JSON), prints a table.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import gc
 import json
 import os
 import platform
+import resource
 import shutil
 import statistics
 import subprocess
@@ -51,6 +55,7 @@ SIZES = {
                                           "model.intermediate=4096"]),
 }
 WAYS = ("deepspeed", "elastic", "elastic+async")
+PER_PARAMETER = ("blocking_s", "stall_s", "write_s", "load_s")
 
 
 def folder_bytes(path: Path) -> int:
@@ -123,61 +128,71 @@ def saver(way: str, engine, writer, target: Path):
 
 
 def one_size(size: str, args) -> dict:
-    from mixvlp_ds.train.async_save import BackgroundWriter
-    from mixvlp_ds.train.universal import load_elastic
-
+    """The ways given, in this process (main runs one per process: at BERT-large width an engine is
+    ~8 GB, its host snapshot 5 GB and each way's files 5-6 GB; the engines of earlier ways, freed,
+    still fragment the heap, and the third way was killed for memory on the 24 GiB machine)."""
     b = Bench(size, args.micro_batch, args.ds)
     work = Path(args.work or tempfile.mkdtemp(prefix="ckpt_bench_")) / size
     shutil.rmtree(work, ignore_errors=True)
+    rows = [one_way(b, size, way, work, args) for way in args.ways]
+    if not args.work:
+        shutil.rmtree(work.parent, ignore_errors=True)
+    return {"size": size, "parameters": rows[0]["parameters"], "device": str(b.info.device), "rows": rows,
+            "micro_batch": args.micro_batch, "short_inputs": not b.cuda, "load_avg": os.getloadavg()}
+
+
+def one_way(b: Bench, size: str, way: str, work: Path, args) -> dict:
+    from mixvlp_ds.train.async_save import BackgroundWriter
+    from mixvlp_ds.train.universal import load_elastic
+
     engine = b.engine()
     params = sum(p.numel() for p in engine.module.parameters() if p.requires_grad)
     writer = BackgroundWriter(nice=args.nice)
     for _ in range(2):  # warm-up: the first steps allocate the optimizer state
         b.step(engine)
-    rows = []
-    for way in args.ways:
-        target = work / way.replace("+", "_")
-        saver(way, engine, writer, work / "warm-up")()  # the first save allocates (buffers, pages)
-        writer.wait()
-        shutil.rmtree(work / "warm-up")
-        save = saver(way, engine, writer, target)
-        before = [b.step(engine)[0] for _ in range(args.steps)]
-        t_save, blocking = b.step(engine, save)
-        after = []
-        while len(after) < args.steps or (writer.busy() and len(after) < args.max_steps):
-            after.append(b.step(engine)[0])
-        result = writer.wait() if way == "elastic+async" else None
-        median, overlap = statistics.median(before), _steps_while(result, after)
-        window = after[:max(args.steps, overlap)]  # what follows a save in line can be slow too
-        write_s = result.seconds if result is not None else blocking
-        folder = target / "t" if way == "deepspeed" else target / "elastic"
-        rows.append({"size": size, "way": way, "parameters": params, "bytes": folder_bytes(folder),
-                     "blocking_s": round(blocking, 3), "step_median_s": round(median, 3),
-                     "stall_s": round(max([t_save, *window]) - median, 3),
-                     "cost_s": round(t_save - median + sum(t - median for t in window), 3),
-                     "write_s": round(write_s, 3), "steps_during_write": overlap,
-                     "steps_before": [round(t, 3) for t in before], "save_step_s": round(t_save, 3),
-                     "steps_after": [round(t, 3) for t in after], "ok": result is None or result.ok})
-        print(f"[{size}] {way}: {rows[-1]['bytes'] / 1e6:.1f} MB, blocking {blocking:.2f} s, "
-              f"stall {rows[-1]['stall_s']:.2f} s, write {write_s:.2f} s", file=sys.stderr, flush=True)
+    target = work / way.replace("+", "_")
+    saver(way, engine, writer, work / "warm-up")()  # the first save allocates (buffers, pages)
+    writer.wait()
+    shutil.rmtree(work / "warm-up")
+    save = saver(way, engine, writer, target)
+    before = [b.step(engine)[0] for _ in range(args.steps)]
+    t_save, blocking = b.step(engine, save)
+    after = []
+    while len(after) < args.steps or (writer.busy() and len(after) < args.max_steps):
+        after.append(b.step(engine)[0])
+    result = writer.wait() if way == "elastic+async" else None
+    median, overlap = statistics.median(before), _steps_while(result, after)
+    window = after[:max(args.steps, overlap)]  # what follows a save in line can be slow too
+    write_s = result.seconds if result is not None else blocking
+    folder = target / "t" if way == "deepspeed" else target / "elastic"
+    row = {"size": size, "way": way, "parameters": params, "bytes": folder_bytes(folder),
+           "blocking_s": round(blocking, 3), "step_median_s": round(median, 3),
+           "stall_s": round(max([t_save, *window]) - median, 3),
+           "noise_s": round(max(before) - median, 3),  # the same measure on the steps without a save
+           "cost_s": round(t_save - median + sum(t - median for t in window), 3),
+           "write_s": round(write_s, 3), "steps_during_write": overlap,
+           "steps_before": [round(t, 3) for t in before], "save_step_s": round(t_save, 3),
+           "steps_after": [round(t, 3) for t in after], "ok": result is None or result.ok}
     writer.close()
-    del engine, writer
+    del engine, writer, save
     gc.collect()
-    fresh = b.engine(seed=1)  # one engine for every load: each load replaces the whole state
-    for row in rows:
-        target = work / row["way"].replace("+", "_")
-        start = time.perf_counter()
-        if row["way"] == "deepspeed":
-            path, _ = fresh.load_checkpoint(str(target), tag="t")
-            assert path is not None, f"DeepSpeed could not load {target}"
-        else:
-            load_elastic(fresh, target)
-        b.sync()
-        row["load_s"] = round(time.perf_counter() - start, 3)
-    if not args.work:
-        shutil.rmtree(work.parent, ignore_errors=True)
-    return {"size": size, "parameters": params, "device": str(b.info.device), "rows": rows,
-            "micro_batch": args.micro_batch, "short_inputs": not b.cuda, "load_avg": os.getloadavg()}
+    fresh = b.engine(seed=1)  # a resume's engine: built, then the checkpoint replaces its state
+    start = time.perf_counter()
+    if way == "deepspeed":
+        path, _ = fresh.load_checkpoint(str(target), tag="t")
+        assert path is not None, f"DeepSpeed could not load {target}"
+    else:
+        load_elastic(fresh, target)
+    b.sync()
+    row["load_s"] = round(time.perf_counter() - start, 3)
+    del fresh
+    gc.collect()
+    shutil.rmtree(target)
+    row["peak_rss_gb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
+    print(f"[{size}] {way}: {row['bytes'] / 1e6:.1f} MB, blocking {blocking:.2f} s, stall "
+          f"{row['stall_s']:.2f} s, write {write_s:.2f} s, load {row['load_s']:.2f} s",
+          file=sys.stderr, flush=True)
+    return row
 
 
 def _steps_while(result, after: list[float]) -> int:
@@ -194,23 +209,24 @@ def _steps_while(result, after: list[float]) -> int:
 
 
 def growth(rows: list[dict]) -> list[dict]:
-    """Per million parameters, for each way: bytes, stall, write and load."""
+    """Per million parameters, for each way: bytes, the step's wait, stall, write and load."""
     out = []
     for r in rows:
         m = r["parameters"] / 1e6
         out.append({"size": r["size"], "way": r["way"],
                     "bytes_per_param": round(r["bytes"] / r["parameters"], 2),
-                    **{f"{k}_ms_per_M": round(1e3 * r[k] / m, 3) for k in ("stall_s", "write_s", "load_s")}})
+                    **{f"{k}_ms_per_M": round(1e3 * r[k] / m, 3) for k in PER_PARAMETER}})
     return out
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| size | parameters | way | MB | blocking s | stall s | cost s | write s | load s | step s |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    cols = ("blocking_s", "stall_s", "noise_s", "cost_s", "write_s", "load_s", "step_median_s")
+    lines = ["| size | parameters | way | MB | " + " | ".join(c.replace("_", " ") for c in cols) + " |",
+             "|---" * (4 + len(cols)) + "|"]
     for r in rows:
-        lines.append(f"| {r['size']} | {r['parameters'] / 1e6:.1f} M | {r['way']} | {r['bytes'] / 1e6:.1f} | "
-                     f"{r['blocking_s']:.2f} | {r['stall_s']:.2f} | {r['cost_s']:.2f} | {r['write_s']:.2f} | "
-                     f"{r['load_s']:.2f} | {r['step_median_s']:.2f} |")
+        values = " | ".join(f"{r.get(c, 0):.2f}" for c in cols)
+        size = f"{r['size']} | {r['parameters'] / 1e6:.1f} M | {r['way']} | {r['bytes'] / 1e6:.1f}"
+        lines.append(f"| {size} | {values} |")
     return "\n".join(lines)
 
 
@@ -221,7 +237,7 @@ def main(argv=None) -> dict:
     p.add_argument("--micro-batch", type=int, default=1)
     p.add_argument("--steps", type=int, default=5, help="steps before the save and at least after it")
     p.add_argument("--max-steps", type=int, default=60, help="at most this many steps wait for a write")
-    p.add_argument("--nice", type=int, default=19, help="the writer process's niceness")
+    p.add_argument("--nice", type=int, default=19, help="the writer thread's niceness")
     p.add_argument("--ds", default="ds_configs/zero2.json")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "checkpoint_bench.json"))
     p.add_argument("--work", default="")
@@ -237,14 +253,20 @@ def main(argv=None) -> dict:
     result = json.loads(out.read_text()) if out.exists() else {}
     result.update(machine=f"{platform.machine()} {os.cpu_count()} cores, {platform.platform()}",
                   ds_config=args.ds, sizes=result.get("sizes", {}))
-    for size in args.sizes:  # one process per size: memory is freed between them, never two at once
-        cmd = [sys.executable, __file__, "--one", size, "--micro-batch", str(args.micro_batch), "--steps",
-               str(args.steps), "--max-steps", str(args.max_steps), "--nice", str(args.nice), "--ds", args.ds,
-               "--ways", *args.ways, *(["--work", args.work] if args.work else [])]
-        proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, cwd=REPO)
-        if proc.returncode != 0:
-            raise SystemExit(f"{size}: failed (exit {proc.returncode})")
-        result["sizes"][size] = json.loads(proc.stdout.strip().splitlines()[-1])
+    for size in args.sizes:  # one process per size and way: never two engines' memory at once
+        rows = []
+        for way in args.ways:
+            cmd = [sys.executable, __file__, "--one", size, "--ways", way, "--micro-batch",
+                   str(args.micro_batch), "--steps", str(args.steps), "--max-steps", str(args.max_steps),
+                   "--nice", str(args.nice), "--ds", args.ds, *(["--work", args.work] if args.work else [])]
+            proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, cwd=REPO)
+            if proc.returncode != 0:
+                raise SystemExit(f"{size} {way}: failed (exit {proc.returncode})")
+            part = json.loads(proc.stdout.strip().splitlines()[-1])
+            rows += part["rows"]
+            result["sizes"][size] = {**part, "rows": rows}
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(result, indent=1))  # kept as it goes: a later row may fail
     import torch
 
     result["torch"] = torch.__version__
