@@ -20,7 +20,7 @@ Chosen by measurement (benchmarks/checkpoint_writers.py, ms_B8 161.7 M parameter
 one rank on this project's 2-core CPU machine, steps of ~2.2 s; results/checkpoint_writers.json;
 docs/benchmarks.md, "Checkpoints"). The stall (the longest step from the save's on, minus the
 median step; a first save, so the buffer is allocated in it) in two runs each:
-    this thread at niceness 19                    1.25 / 1.08 s (0.53 s once the buffer exists)
+    this thread at niceness 19                    1.25 / 1.08 s (later saves: checkpoint_bench.py)
     the same thread at niceness 0                 3.9 / 5.8 s: the writer takes a core from the
                                                   step's two OpenMP threads, which then wait
     torch.distributed.checkpoint async_save       1.4 / 2.1 s with a thread (it stages the state
@@ -34,7 +34,7 @@ median step; a first save, so the buffer is allocated in it) in two runs each:
 The GIL is no reason for a process: torch.save writes through the hashing file object, whose
 hashlib and write calls release it; a Python loop in the main thread (a GPU run's launch thread)
 paused 0.08-0.11 s in all, 9 ms at most, during a 1.8 GiB write (`--gil`). Niceness 19 means the
-write runs in what the step leaves: 30-55 s for ms_B8 on 2 cores that train without a pause.
+write runs in what the step leaves: 13-56 s for ms_B8 on 2 cores that train without a pause.
 """
 
 from __future__ import annotations
